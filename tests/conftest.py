@@ -1,0 +1,67 @@
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import synthetic  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Overrides that make any airbench94-like script train in about a second on the synthetic data:
+# 2,000 images in batches of 200 = 10 steps per epoch, narrow blocks.
+TINY = ['--set', 'opt.batch_size=200', '--set', 'opt.train_epochs=3',
+        '--set', 'net.widths.block1=16', '--set', 'net.widths.block2=32', '--set', 'net.widths.block3=32']
+
+
+def load_script(name):
+    """Imports a top-level script (e.g. 'airbench94') as a module; importing runs nothing."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / f'{name}.py')
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def run_script(name, *args, timeout=300, env=None, cwd=None):
+    """Runs REPO/name.py as a user would; returns the CompletedProcess (text)."""
+    full_env = {**os.environ, 'PYTHONUNBUFFERED': '1', **(env or {})}
+    full_env.pop('AIRBENCH_DATA', None)
+    return subprocess.run([sys.executable, str(REPO / f'{name}.py'), *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=cwd)
+
+
+def log_dir_of(stdout):
+    """The log folder an invocation announced on its 'log: DIR' line."""
+    for line in stdout.splitlines():
+        if line.startswith('log: '):
+            return Path(line[5:].strip())
+    raise AssertionError('no "log: DIR" line in the output:\n' + stdout)
+
+
+def read_log(folder):
+    with open(Path(folder) / 'log.json') as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope='session')
+def cifar_dir(tmp_path_factory):
+    """Synthetic CIFAR-10 in the official python layout (2,000 train / 500 test images)."""
+    return str(synthetic.write_official(tmp_path_factory.mktemp('cifar')))
+
+
+@pytest.fixture(scope='session')
+def cached_cifar_dir(tmp_path_factory):
+    """The same synthetic data with its train.pt/test.pt cache already built."""
+    root = str(synthetic.write_official(tmp_path_factory.mktemp('cifar_cached')))
+    load_script('airbench94').load_cifar10(root)
+    return root
+
+
+def no_traceback(proc):
+    assert 'Traceback' not in proc.stderr and 'Traceback' not in proc.stdout, proc.stderr
