@@ -418,17 +418,17 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
-def batch_flip_lr(images):
+def batch_flip_lr(images, generator=None):
     """Mirrors a random half of the images."""
-    flip = torch.rand(len(images), device=images.device) < 0.5
+    flip = torch.rand(len(images), device=images.device, generator=generator) < 0.5
     return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
 
 
-def batch_crop(images, size):
+def batch_crop(images, size, generator=None):
     """A random size x size crop of each (padded) image: an independent shift in [-r, r]
     per axis per image, r = (side - size) // 2. Rows first, then columns."""
     r = (images.size(-1) - size) // 2
-    shifts = torch.randint(-r, r + 1, size=(len(images), 2), device=images.device)
+    shifts = torch.randint(-r, r + 1, size=(len(images), 2), device=images.device, generator=generator)
     rows = torch.empty((len(images), images.size(1), size, images.size(-1)), device=images.device, dtype=images.dtype)
     for s in range(-r, r + 1):
         mask = shifts[:, 0] == s
@@ -440,12 +440,12 @@ def batch_crop(images, size):
     return out
 
 
-def batch_cutout(images, size):
+def batch_cutout(images, size, generator=None):
     """Zeroes one size x size square per image, its top-left corner uniform over the positions
     that keep it inside the image."""
     n, _, h, w = images.shape
-    top = torch.randint(0, h - size + 1, size=(n, 1, 1, 1), device=images.device)
-    left = torch.randint(0, w - size + 1, size=(n, 1, 1, 1), device=images.device)
+    top = torch.randint(0, h - size + 1, size=(n, 1, 1, 1), device=images.device, generator=generator)
+    left = torch.randint(0, w - size + 1, size=(n, 1, 1, 1), device=images.device, generator=generator)
     ys = torch.arange(h, device=images.device).view(1, 1, h, 1)
     xs = torch.arange(w, device=images.device).view(1, 1, 1, w)
     inside = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
@@ -459,10 +459,11 @@ class CifarLoader:
     image relative to the epoch before), translate r (reflect-pad r once, then a random crop
     per image per epoch), cutout s (one zeroed s x s square per image per epoch, after
     normalisation). Training loaders reshuffle every epoch and drop the last partial batch.
+    Random draws come from `generator` (a torch.Generator on the device), else torch's global RNG.
     """
 
-    def __init__(self, split, dev, batch_size, train, aug=None):
-        self.dev = dev
+    def __init__(self, split, dev, batch_size, train, aug=None, generator=None):
+        self.dev, self.generator = dev, generator
         self.images = split['images'].to(dev.torch_device).permute(0, 3, 1, 2)
         self.images = (self.images.to(dev.data_dtype) / 255).contiguous(memory_format=dev.memory_format)
         self.labels = split['labels'].to(dev.torch_device)
@@ -489,17 +490,20 @@ class CifarLoader:
         if self.epoch == 0:
             base = self.normalize(self.images)
             if flip:
-                base = batch_flip_lr(base)
+                base = batch_flip_lr(base, self.generator)
             self.base = F.pad(base, (pad,) * 4, 'reflect') if pad > 0 else base
-        images = batch_crop(self.base, self.images.size(-1)) if pad > 0 else self.base
+        images = batch_crop(self.base, self.images.size(-1), self.generator) if pad > 0 else self.base
         if flip and self.epoch % 2 == 1:
             images = images.flip(-1)
         if cutout > 0:
-            images = batch_cutout(images, cutout)
+            images = batch_cutout(images, cutout, self.generator)
         images = images.contiguous(memory_format=self.dev.memory_format)
         self.epoch += 1
         n = len(images)
-        order = torch.randperm(n, device=images.device) if self.shuffle else torch.arange(n, device=images.device)
+        if self.shuffle:
+            order = torch.randperm(n, device=images.device, generator=self.generator)
+        else:
+            order = torch.arange(n, device=images.device)
         return images, self.labels, order
 
     def __iter__(self):
