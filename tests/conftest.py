@@ -63,5 +63,17 @@ def cached_cifar_dir(tmp_path_factory):
     return root
 
 
+# The scripts as modules, one fixture each (importing a script runs nothing).
+for _fixture, _script in {'ab94': 'airbench94', 'ab95': 'airbench95', 'ab96': 'airbench96',
+                          'mu': 'airbench94_muon', 'fa': 'airbench96_faster'}.items():
+    globals()[_fixture] = pytest.fixture(scope='session', name=_fixture)(lambda script=_script: load_script(script))
+
+
+@pytest.fixture(scope='session')
+def data(cifar_dir):
+    """The synthetic data as the scripts load it: {'train': split, 'test': split}."""
+    return load_script('airbench94').load_cifar10(cifar_dir)[0]
+
+
 def no_traceback(proc):
     assert 'Traceback' not in proc.stderr and 'Traceback' not in proc.stdout, proc.stderr

@@ -6,12 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import load_script
 
 
 @pytest.fixture(scope='module')
-def ab():
-    return load_script('airbench94')
+def ab(ab94):
+    return ab94
 
 
 @pytest.fixture(scope='module')

@@ -131,18 +131,15 @@ def rewrite_batch(data, name, change):
     return path
 
 
-def test_pickled_images_of_the_wrong_shape(cifar_dir, tmp_path):
+@pytest.mark.parametrize('name, change, fragment', [
+    ('data_batch_2', lambda b: b.update({b'data': b[b'data'][:, :1024]}), '(N, 3072)'),
+    ('test_batch', lambda b: b.update({b'data': b[b'data'].astype('float32')}), 'uint8'),
+])
+def test_pickled_images_of_the_wrong_shape_or_dtype(cifar_dir, tmp_path, name, change, fragment):
     data = tmp_path / 'data'
     shutil.copytree(cifar_dir, data, ignore=shutil.ignore_patterns('*.pt'))
-    path = rewrite_batch(data, 'data_batch_2', lambda b: b.update({b'data': b[b'data'][:, :1024]}))
-    user_error(run(data, tmp_path=tmp_path), str(path), '(N, 3072)')
-
-
-def test_pickled_images_of_the_wrong_dtype(cifar_dir, tmp_path):
-    data = tmp_path / 'data'
-    shutil.copytree(cifar_dir, data, ignore=shutil.ignore_patterns('*.pt'))
-    path = rewrite_batch(data, 'test_batch', lambda b: b.update({b'data': b[b'data'].astype('float32')}))
-    user_error(run(data, tmp_path=tmp_path), str(path), 'uint8')
+    path = rewrite_batch(data, name, change)
+    user_error(run(data, tmp_path=tmp_path), str(path), fragment)
 
 
 def test_pickled_labels_out_of_range(cifar_dir, tmp_path):

@@ -8,21 +8,6 @@ import torch.nn.functional as F
 from conftest import TINY, load_script, log_dir_of, no_traceback, read_log, run_script
 
 
-@pytest.fixture(scope='module')
-def ab94():
-    return load_script('airbench94')
-
-
-@pytest.fixture(scope='module')
-def ab95():
-    return load_script('airbench95')
-
-
-@pytest.fixture(scope='module')
-def ab96():
-    return load_script('airbench96')
-
-
 # ---------------------------------------------------------------- end to end
 
 
@@ -41,7 +26,7 @@ def test_end_to_end(script, cifar_dir, tmp_path):
 
 
 @pytest.mark.parametrize('name, runs', [('airbench94', 25), ('airbench94_compiled', 25), ('airbench95', 10),
-                                        ('airbench96', 5)])
+                                        ('airbench96', 5), ('airbench94_muon', 200), ('airbench96_faster', 200)])
 def test_default_run_counts(name, runs, monkeypatch):
     m = load_script(name)
     monkeypatch.setattr(m, 'benchmark', lambda args, *rest: args)
@@ -52,11 +37,14 @@ def test_default_run_counts(name, runs, monkeypatch):
 
 
 def test_compiled_matches_airbench94_and_compiles_only_in_the_warmup(cifar_dir, tmp_path):
-    """Same seed, same CPU: the compiled script gives airbench94's accuracies. Tolerance: 1% of the
-    500 test images. Compiled kernels round differently (fused ops keep fp32 where eager rounds
-    to bf16), and over 30 steps such differences change a few borderline predictions; seeds
-    differ by several percent on this data, so a real mismatch (other init, data order or
-    schedule) would not fit in 1%."""
+    """Same seed, same CPU: the compiled script trains airbench94's run.
+
+    Compiled kernels round differently under bf16 autocast (fused ops keep fp32 where eager rounds
+    to bf16), so trajectories drift apart slowly. Measured here: the last-batch loss of epoch 1
+    (10 steps) agreed to 0.05% between the two scripts, against 1.3% between two seeds, and it is
+    the same batch only if init, data order and augmentation agree: tolerance 0.5%. The final TTA
+    accuracies differed by 2-3 of the 500 test images (0.4-0.6%): tolerance 1.5%, which leaves room
+    for other CPUs' kernels; the loss check above is what tells a wrong init or order apart."""
     args = ['--data-dir', cifar_dir, '--log-dir', str(tmp_path), '--runs', '2', '--seed', '3', *TINY]
     eager = run_script('airbench94', *args, '--no-warmup')
     compiled = run_script('airbench94_compiled', *args, timeout=900)
@@ -67,7 +55,8 @@ def test_compiled_matches_airbench94_and_compiles_only_in_the_warmup(cifar_dir, 
     compiled_runs = read_log(log_dir_of(compiled.stdout))['runs']
     for e, c in zip(eager_runs, compiled_runs):
         assert e['seed'] == c['seed'] and e['steps'] == c['steps']
-        assert abs(e['tta_val_acc'] - c['tta_val_acc']) <= 0.01, (e['tta_val_acc'], c['tta_val_acc'])
+        assert c['epochs'][0]['train_loss'] == pytest.approx(e['epochs'][0]['train_loss'], rel=0.005)
+        assert abs(e['tta_val_acc'] - c['tta_val_acc']) <= 0.015, (e['tta_val_acc'], c['tta_val_acc'])
     graphs = [r['graphs_compiled'] for r in compiled_runs]
     assert graphs[0] >= 2 and graphs[0] == graphs[1]  # the warmup compiled everything; nothing since
 
@@ -145,7 +134,8 @@ def test_airbench96_schedule_knots(ab96):
 
 
 @pytest.mark.parametrize('name, claim', [('airbench94', 0.36), ('airbench94_compiled', 0.36),
-                                         ('airbench95', 1.4), ('airbench96', 4.9)])
+                                         ('airbench95', 1.4), ('airbench96', 4.9),
+                                         ('airbench94_muon', 0.29), ('airbench96_faster', 3.1)])
 def test_flops_within_ten_percent_of_the_claim(name, claim):
     m = load_script(name)
     assert m.flops_per_run(m.hyp, 50000, 10000) / 1e15 == pytest.approx(claim, rel=0.10)

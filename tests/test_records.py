@@ -7,22 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TINY, load_script, log_dir_of, no_traceback, read_log, run_script
-
-
-@pytest.fixture(scope='module')
-def mu():
-    return load_script('airbench94_muon')
-
-
-@pytest.fixture(scope='module')
-def fa():
-    return load_script('airbench96_faster')
-
-
-@pytest.fixture(scope='module')
-def data(cifar_dir):
-    return load_script('airbench94').load_cifar10(cifar_dir)[0]
+from conftest import TINY, log_dir_of, no_traceback, read_log, run_script
 
 
 def tiny(hyp, **opt):
@@ -291,19 +276,3 @@ def test_faster_end_to_end(cifar_dir, tmp_path):
     run = log['runs'][0]
     assert log['status'] == 'complete' and run['tta_val_acc'] > 0.3 and run['steps'] == 30
     assert run['proxy_steps'] == 8 and [e['epoch'] for e in run['epochs']] == [1, 2, 3]
-
-
-# ================================================================ both
-
-
-@pytest.mark.parametrize('name, claim', [('airbench94_muon', 0.29), ('airbench96_faster', 3.1)])
-def test_flops_within_ten_percent_of_the_claim(name, claim):
-    m = load_script(name)
-    assert m.flops_per_run(m.hyp, 50000, 10000) / 1e15 == pytest.approx(claim, rel=0.10)
-
-
-@pytest.mark.parametrize('name, runs', [('airbench94_muon', 200), ('airbench96_faster', 200)])
-def test_default_run_counts(name, runs, monkeypatch):
-    m = load_script(name)
-    monkeypatch.setattr(m, 'benchmark', lambda args, *rest: args)
-    assert m.main([]).runs == runs
