@@ -23,7 +23,13 @@ measure a compiled CPU run of these two nets, so only CUDA compiles.
 Whitening-bias freeze: the main net's whitening bias is frozen after 3 epochs of the stream
 (at step ceil(3 x 50000 / 1024) = 147), as the method states. The public original compares an
 epoch counter with a step count, so its freeze never fires and the bias trains throughout;
---set opt.whiten_bias_epochs=45 reproduces that. What it changed on our data: FREEZE_NOTE
+--set opt.whiten_bias_epochs=45 reproduces that. What it changed on our data (2-core CPU, JPEG
+copy of CIFAR-10, --set opt.train_epochs=5, seed 0, so both runs share init and data stream):
+82.58% TTA accuracy with the freeze, 82.51% without (81.53% / 81.63% without TTA), i.e. nothing
+we can tell apart in one run each (logs/airbench96_faster-20261123-211407-e2282afe and
+logs/airbench96_faster-20261123-213554-a31cfc2a). The freeze saves the backward pass into the
+whitening layer's output, which we could not time fairly: other work shared the CPU during
+the second run.
 
 Run:
     python airbench96_faster.py                      # warmup + 200 runs on the best device
