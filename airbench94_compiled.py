@@ -1,28 +1,36 @@
 """
 airbench94_compiled.py: airbench94's math, with the network compiled by torch.compile.
 
-Claim (the paper's figures, not ours): 94.01% mean TTA accuracy, 3.29 s per run on an NVIDIA
-A100 (3.09 s in the airbench repository's later timing), 0.36 PFLOPs per run; the same
-distribution of trained networks as airbench94.py, about 14% faster once compiled.
-Our evidence: see README.md ("Results"); every figure there comes from a log in logs/.
-On a CPU: compiling does not pay. On our 2-core x86-64 CPU (torch 2.13.0, bf16 autocast, real
-CIFAR-10, one epoch, --set opt.train_epochs=1) the compiled net trained the epoch in 128 s once
-compiled, against 105 s for airbench94.py's eager net (22% slower); the TTA pass took about
-the same (42 s vs 40 s), and the first run paid about 40 s of compilation inside its timed
-region (logs/airbench94_compiled-20261123-200628-aaee0512, logs/airbench94-20261123-200353-2efb6974).
+Published (the paper's, not ours): 94.01% mean TTA accuracy, 3.29 s per run on an NVIDIA A100
+(3.09 s in the airbench repository's later timing), 0.36 PFLOPs per run: airbench94's
+distribution of trained networks, 14% faster once compiled (paper §3.7).
 
+Method (docs/method.md §1): a frozen 2x2 patch-whitening conv initialised from 5,000 training
+images (its bias trains for 3 epochs), identity-initialised 3x3 convs, BatchNorm with fixed
+scale, Nesterov SGD with decoupled hyperparameters and a 64x lr on BatchNorm biases, lookahead
+every 5 steps, alternating flip + 2-pixel translate, label smoothing 0.2 on a summed loss,
+6-view TTA.
 Parent: airbench94.py. Changes: the net is built and compiled once per invocation (mode
-max-autotune on CUDA, the default mode on CPU, not compiled on MPS, where torch.compile is
-not supported) and every run re-initialises it in place with the same random draws as
-airbench94's fresh net. The warmup run pays the compilation: it compiles one graph for
-training with the whitening bias trainable, one with it frozen and one per evaluation shape,
-and later runs reuse them without recompiling (each run's record counts the graphs compiled
-so far). With --no-warmup the first timed run pays it instead, inside its timed region.
-There is no switch to turn compilation off: the uncompiled twin is airbench94.py.
+max-autotune on CUDA, the default mode on a CPU; not compiled on MPS, which torch.compile does
+not support) and every run re-initialises it in place with the same random draws as airbench94's
+fresh net. The warmup run pays the compilation: one graph for training with the whitening bias
+trainable, one with it frozen and one per evaluation shape; later runs reuse them (each run's
+record counts the graphs compiled so far). With --no-warmup the first timed run pays it, inside
+its timed region. There is no switch to turn compilation off: the eager twin is airbench94.py.
+Steps: 9.9 epochs x 48 = 476 steps of 1024 images.
+Deviations from the original: the original compiles two nets that share their parameters, one
+training the whitening bias and one with it frozen; here one compiled net switches between two
+cached graphs when the bias's requires_grad flips. Same math; off CUDA the precision differs.
+On a CPU compiling does not pay: README.md, "Devices and precision", has our measurement.
 
 Run:
     python airbench94_compiled.py                   # warmup (compiles) + 25 runs on the best device
-    python airbench94_compiled.py --help            # every flag
+    python airbench94_compiled.py --runs 1          # warmup + one run
+    python airbench94_compiled.py --set opt.train_epochs=2   # any hyperparameter; --help lists them
+
+Needs: torch; numpy to read the official CIFAR-10 files; torchvision only to download them.
+Data: --data-dir DIR, else $AIRBENCH_DATA, else ./cifar10 (README.md, "Data").
+Results: README.md, "Results"; every figure of ours there names its log in logs/.
 """
 
 import argparse
@@ -407,11 +415,25 @@ def load_cifar10(data_dir):
             source = 'download'
     splits = read_official(folder)
     try:
-        for s, path in caches.items():
-            atomic_write(path, lambda tmp: torch.save(splits[s], tmp))
+        write_cache(splits, caches)
     except OSError as e:
         print(f'note: could not write the cache in {data_dir} ({e.strerror}); reading the pickles again next time')
     return splits, source
+
+
+def write_cache(splits, paths):
+    """Writes train.pt and test.pt, each atomically, and both or neither: whatever stops the
+    writing (a full disk, Ctrl-C) removes the file already written, so no half cache is left."""
+    written = []
+    try:
+        for split, path in paths.items():
+            atomic_write(path, lambda tmp: torch.save(splits[split], tmp))
+            written.append(path)
+    except BaseException:
+        for path in written:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        raise
 #=== end shared: data-files
 
 #=== shared: loader
@@ -518,6 +540,7 @@ class CifarLoader:
 #                  Network                  #
 #############################################
 
+#=== shared: batchnorm
 class BatchNorm(nn.BatchNorm2d):
     """BatchNorm whose scale is fixed at 1; only the bias learns."""
 
@@ -525,8 +548,10 @@ class BatchNorm(nn.BatchNorm2d):
         # airbench's momentum weighs the old running stats; PyTorch's weighs the new batch.
         super().__init__(num_features, eps=eps, momentum=1 - momentum)
         self.weight.requires_grad = False
+#=== end shared: batchnorm
 
 
+#=== shared: conv
 class Conv(nn.Conv2d):
     """3x3 'same' conv without bias; the first C_in filters start as the identity ("dirac")."""
 
@@ -537,6 +562,7 @@ class Conv(nn.Conv2d):
         super().reset_parameters()
         w = self.weight.data
         torch.nn.init.dirac_(w[:w.size(1)])
+#=== end shared: conv
 
 
 class ConvGroup(nn.Module):
@@ -597,14 +623,17 @@ def make_net(hyp):
 def whitening_filters(images, kernel_size, eps):
     """Eigenvectors of the (uncentred) covariance of all kernel_size^2 patches of the images,
     each divided by sqrt(eigenvalue + eps), largest eigenvalue first, then their negations.
-    Computed in fp32 outside autocast: a bf16/fp16 covariance gives negative eigenvalues and NaNs."""
+    Computed in fp32 outside autocast: a bf16/fp16 covariance gives negative eigenvalues and NaNs.
+    eigh works from the upper triangle, as the originals do: LAPACK's reduction of the lower one
+    returns some eigenvectors with the opposite sign (8 of 12 on CIFAR-10), i.e. swaps those
+    filters with their negations."""
     with torch.autocast(device_type=images.device.type, enabled=False):
         x = images.float()
         c = x.size(1)
         patches = x.unfold(2, kernel_size, 1).unfold(3, kernel_size, 1)  # N, C, H', W', k, k
         patches = patches.transpose(1, 3).reshape(-1, c * kernel_size**2)  # rows in (C, k, k) order
         covariance = patches.T @ patches / len(patches)
-        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance, UPLO='U')
         eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.T.flip(0)
         filters = eigenvectors / torch.sqrt(eigenvalues + eps).view(-1, 1)
         filters = filters.view(-1, c, kernel_size, kernel_size)
@@ -794,19 +823,24 @@ class RunLog:
 #                 Training                  #
 #############################################
 
+#=== shared: steps
 def train_steps(opt, n_train):
     """Optimizer steps of one run: floor(n_train / batch) per epoch, fractional epochs end mid-epoch."""
     return ceil(opt['train_epochs'] * (n_train // opt['batch_size']))
+#=== end shared: steps
 
 
+#=== shared: schedule
 def lr_schedule(total_steps, start, peak_at, end):
     """lr multiplier for steps 0..total_steps: linear from start to 1.0 at step int(peak_at * total),
     then linear to end at the last step."""
     peak = int(peak_at * total_steps)
     return [start + (1 - start) * step / peak if step < peak else
             1 + (end - 1) * (step - peak) / (total_steps - peak) for step in range(total_steps + 1)]
+#=== end shared: schedule
 
 
+#=== shared: optimizer
 def decoupled_hyperparameters(opt):
     """PyTorch SGD values from the decoupled ones. With constant gradients, Nesterov momentum m
     makes steps 1 + 1/(1 - m) times the gradient; dividing by that (per 1024 examples) leaves the
@@ -827,6 +861,7 @@ def make_optimizer(model, opt):
     groups = [dict(params=norm_biases, lr=h['lr_biases'], weight_decay=h['weight_decay_biases']),
               dict(params=others, lr=h['lr'], weight_decay=h['weight_decay'])]
     return torch.optim.SGD(groups, momentum=opt['momentum'], nesterov=True)
+#=== end shared: optimizer
 
 
 def compile_net(hyp, dev):
@@ -839,12 +874,17 @@ def compile_net(hyp, dev):
     return model, torch.compile(model, mode='max-autotune' if dev.type == 'cuda' else None, dynamic=False)
 
 
+#=== shared: reinit
 @torch.no_grad()
-def reinit_net(model, hyp):
-    """Re-initialises model in place from a fresh make_net(hyp): the same random draws as
-    airbench94's per-run net, and the compiled graphs stay valid."""
-    for v, fresh in zip(model.state_dict().values(), make_net(hyp).state_dict().values()):
-        v.copy_(fresh)
+def reinit_net(model, fresh):
+    """Makes the persistent (compiled) model a copy of the freshly built net `fresh`: its values
+    (the same random draws as a per-run net) and which parameters train, since the previous run
+    left the whitening bias frozen. Copying in place keeps the compiled graphs valid."""
+    for v, w in zip(model.state_dict().values(), fresh.state_dict().values()):
+        v.copy_(w)
+    for p, q in zip(model.parameters(), fresh.parameters()):
+        p.requires_grad_(q.requires_grad)
+#=== end shared: reinit
 
 
 def graphs_compiled():
@@ -865,7 +905,7 @@ def train(hyp, dev, data, run, seed, model, compiled):
         train_loader.labels = torch.randint(0, NUM_CLASSES, size=train_loader.labels.shape, device=dev.torch_device)
     total_steps = train_steps(o, len(train_loader.images))
 
-    reinit_net(model, hyp)
+    reinit_net(model, make_net(hyp))
     optimizer = make_optimizer(model, o)
     schedule = lr_schedule(total_steps, o['lr_start'], o['lr_peak_at'], o['lr_end'])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule[step])

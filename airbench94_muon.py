@@ -1,26 +1,33 @@
 """
 airbench94_muon.py: CIFAR-10 to 94% in 200 steps with the Muon optimizer for the conv filters.
 
-Claim (the airbench repository's figures, not ours): 94.01% mean TTA accuracy in n=200 runs,
-2.59 s per run on an NVIDIA A100 (400 W) with torch 2.4.1, 0.29 PFLOPs per run. This is the
-current 94% record (after the paper).
-Our evidence: see README.md ("Results"); every figure there comes from a log in logs/.
+Published (the airbench repository's, not ours): 94.01% mean TTA accuracy in n=200 runs, 2.59 s
+per run on an NVIDIA A100 (400 W) with torch 2.4.1, 0.29 PFLOPs per run; the 94% record after
+the paper.
 
-Parent: airbench94.py. Changes: the 3x3 conv filters train with Muon (momentum 0.6, Nesterov,
-updates orthogonalised by a 3-step quintic Newton-Schulz iteration in bf16, weights renormalised
-to norm sqrt(out_channels) before each update); the whitening bias, BatchNorm biases and head
-train with Nesterov SGD (momentum 0.85) at their own lrs, every group's lr falling linearly to
-0 (the whitening bias's at step 75, when it is frozen, the rest at step 200); batch 2000 for
-8 epochs = 200 steps; no lookahead; the head's weight starts at unit std and its output is
-divided by its input width (256) instead of multiplied by 1/9; 200 runs by default.
-On CUDA the net is compiled (max-autotune) once per invocation and re-initialised per run, and
-the Newton-Schulz iteration is compiled too. On a CPU: it runs eagerly: on our 2-core CPU torch.compile made the same
-network ~22% slower per epoch (see airbench94_compiled.py's header), so only CUDA compiles.
+Method (docs/method.md §1, §3): airbench94's data, whitening and evaluation; its network with the
+head's weight at unit std and the logits divided by the head's width (256) instead of x 1/9.
+The 3x3 conv filters train with Muon (momentum 0.6, Nesterov, updates orthogonalised by a 3-step
+quintic Newton-Schulz iteration in bf16, weights renormalised to norm sqrt(out_channels) before
+each update); the whitening bias, BatchNorm biases and head train with Nesterov SGD (momentum
+0.85) at their own lrs, every group's lr falling linearly to 0 (the whitening bias's at step 75,
+when it freezes, the rest at step 200). No lookahead.
+Parent: airbench94.py. Changes: the above; batch 2000; the whitening bias starts from
+nn.Conv2d's default init instead of zero; 200 runs by default.
+Steps: 8 epochs x 25 = 200 steps of 2000 images.
+Deviations from the original: the net and the Newton-Schulz iteration are compiled on CUDA only
+(max-autotune, once per invocation, the net re-initialised per run); on a CPU compiling made
+airbench94's net slower (README.md, "Devices and precision"). Where a device has no bf16 matmul
+the iteration runs in fp32, with a note. Off CUDA the precision differs (class Device).
 
 Run:
     python airbench94_muon.py                       # warmup + 200 runs on the best device
     python airbench94_muon.py --runs 1 --no-warmup  # one run
-    python airbench94_muon.py --help                # every flag
+    python airbench94_muon.py --set opt.train_epochs=2   # any hyperparameter; --help lists them
+
+Needs: torch; numpy to read the official CIFAR-10 files; torchvision only to download them.
+Data: --data-dir DIR, else $AIRBENCH_DATA, else ./cifar10 (README.md, "Data").
+Results: README.md, "Results"; every figure of ours there names its log in logs/.
 """
 
 import argparse
@@ -399,11 +406,25 @@ def load_cifar10(data_dir):
             source = 'download'
     splits = read_official(folder)
     try:
-        for s, path in caches.items():
-            atomic_write(path, lambda tmp: torch.save(splits[s], tmp))
+        write_cache(splits, caches)
     except OSError as e:
         print(f'note: could not write the cache in {data_dir} ({e.strerror}); reading the pickles again next time')
     return splits, source
+
+
+def write_cache(splits, paths):
+    """Writes train.pt and test.pt, each atomically, and both or neither: whatever stops the
+    writing (a full disk, Ctrl-C) removes the file already written, so no half cache is left."""
+    written = []
+    try:
+        for split, path in paths.items():
+            atomic_write(path, lambda tmp: torch.save(splits[split], tmp))
+            written.append(path)
+    except BaseException:
+        for path in written:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        raise
 #=== end shared: data-files
 
 #=== shared: loader
@@ -510,6 +531,7 @@ class CifarLoader:
 #                  Network                  #
 #############################################
 
+#=== shared: batchnorm
 class BatchNorm(nn.BatchNorm2d):
     """BatchNorm whose scale is fixed at 1; only the bias learns."""
 
@@ -517,8 +539,10 @@ class BatchNorm(nn.BatchNorm2d):
         # airbench's momentum weighs the old running stats; PyTorch's weighs the new batch.
         super().__init__(num_features, eps=eps, momentum=1 - momentum)
         self.weight.requires_grad = False
+#=== end shared: batchnorm
 
 
+#=== shared: conv
 class Conv(nn.Conv2d):
     """3x3 'same' conv without bias; the first C_in filters start as the identity ("dirac")."""
 
@@ -529,6 +553,7 @@ class Conv(nn.Conv2d):
         super().reset_parameters()
         w = self.weight.data
         torch.nn.init.dirac_(w[:w.size(1)])
+#=== end shared: conv
 
 
 class ConvGroup(nn.Module):
@@ -578,7 +603,7 @@ def make_net(hyp):
         Mul(1 / widths['block3']),  # the logits divided by the head's input width
     )
     net[0].weight.requires_grad = False  # set by init_whitening_conv() and never trained
-    net[0].bias.data.zero_()
+    # the whitening bias keeps nn.Conv2d's default init (uniform in +-1/sqrt(12)), as in the original
     head = net[-2].weight.data
     head.mul_(1 / head.std())  # the head starts at unit std
     return net
@@ -591,14 +616,17 @@ def make_net(hyp):
 def whitening_filters(images, kernel_size, eps):
     """Eigenvectors of the (uncentred) covariance of all kernel_size^2 patches of the images,
     each divided by sqrt(eigenvalue + eps), largest eigenvalue first, then their negations.
-    Computed in fp32 outside autocast: a bf16/fp16 covariance gives negative eigenvalues and NaNs."""
+    Computed in fp32 outside autocast: a bf16/fp16 covariance gives negative eigenvalues and NaNs.
+    eigh works from the upper triangle, as the originals do: LAPACK's reduction of the lower one
+    returns some eigenvectors with the opposite sign (8 of 12 on CIFAR-10), i.e. swaps those
+    filters with their negations."""
     with torch.autocast(device_type=images.device.type, enabled=False):
         x = images.float()
         c = x.size(1)
         patches = x.unfold(2, kernel_size, 1).unfold(3, kernel_size, 1)  # N, C, H', W', k, k
         patches = patches.transpose(1, 3).reshape(-1, c * kernel_size**2)  # rows in (C, k, k) order
         covariance = patches.T @ patches / len(patches)
-        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance, UPLO='U')
         eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.T.flip(0)
         filters = eigenvectors / torch.sqrt(eigenvalues + eps).view(-1, 1)
         filters = filters.view(-1, c, kernel_size, kernel_size)
@@ -835,9 +863,11 @@ class RunLog:
 #                 Training                  #
 #############################################
 
+#=== shared: steps
 def train_steps(opt, n_train):
     """Optimizer steps of one run: floor(n_train / batch) per epoch, fractional epochs end mid-epoch."""
     return ceil(opt['train_epochs'] * (n_train // opt['batch_size']))
+#=== end shared: steps
 
 
 def lr_factors(step, total_steps, bias_steps):
@@ -881,11 +911,17 @@ def compile_net(hyp, dev):
     return model, torch.compile(model, mode='max-autotune', dynamic=False)
 
 
+#=== shared: reinit
 @torch.no_grad()
-def reinit_net(model, hyp):
-    """Re-initialises model in place from a fresh make_net(hyp), so compiled graphs stay valid."""
-    for v, fresh in zip(model.state_dict().values(), make_net(hyp).state_dict().values()):
-        v.copy_(fresh)
+def reinit_net(model, fresh):
+    """Makes the persistent (compiled) model a copy of the freshly built net `fresh`: its values
+    (the same random draws as a per-run net) and which parameters train, since the previous run
+    left the whitening bias frozen. Copying in place keeps the compiled graphs valid."""
+    for v, w in zip(model.state_dict().values(), fresh.state_dict().values()):
+        v.copy_(w)
+    for p, q in zip(model.parameters(), fresh.parameters()):
+        p.requires_grad_(q.requires_grad)
+#=== end shared: reinit
 
 
 def train(hyp, dev, data, run, seed, model, compiled):
@@ -899,7 +935,7 @@ def train(hyp, dev, data, run, seed, model, compiled):
     total_steps = train_steps(o, len(train_loader.images))
     bias_steps = min(total_steps, ceil(o['whiten_bias_epochs'] * len(train_loader)))
 
-    reinit_net(model, hyp)
+    reinit_net(model, make_net(hyp))
     sgd, muon = make_optimizers(model, o, dev)
     timer = Timer(dev)
 

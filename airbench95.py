@@ -1,18 +1,27 @@
 """
 airbench95.py: CIFAR-10 to 95% with airbench94's method, wider and longer.
 
-Claim (the paper's figures, not ours): 95.01% mean TTA accuracy in n=200 runs
-(94.4% without TTA), 10.4 s per run on an NVIDIA A100, 1.4 PFLOPs per run.
-Our evidence: see README.md ("Results"); every figure there comes from a log in logs/.
+Published (the paper's, not ours): 95.01% mean TTA accuracy in n=200 runs (94.4% without TTA),
+10.4 s per run on an NVIDIA A100, 1.4 PFLOPs per run.
 
-Parent: airbench94.py. Changes: 15 epochs instead of 9.9, widths 128/384/384 instead of
-64/256/256, lr 10.0 instead of 11.5 (x0.87), 10 runs by default. Everything else, and
-every shared block, is airbench94's.
+Method (docs/method.md §1): a frozen 2x2 patch-whitening conv initialised from 5,000 training
+images (its bias trains for 3 epochs), identity-initialised 3x3 convs, BatchNorm with fixed
+scale, Nesterov SGD with decoupled hyperparameters and a 64x lr on BatchNorm biases, lookahead
+every 5 steps, alternating flip + 2-pixel translate, label smoothing 0.2 on a summed loss,
+6-view TTA.
+Parent: airbench94.py. Changes (docs/method.md §2): 15 epochs instead of 9.9, widths 128/384/384
+instead of 64/256/256, lr 10.0 instead of 11.5 (x0.87), 10 runs by default.
+Steps: 15 epochs x 48 = 720 steps of 1024 images.
+Deviations from the original: none in the method; off CUDA the precision differs (class Device).
 
 Run:
     python airbench95.py                            # warmup + 10 runs on the best device
     python airbench95.py --runs 1 --no-warmup       # one run
-    python airbench95.py --help                     # every flag
+    python airbench95.py --set opt.train_epochs=2   # any hyperparameter; --help lists them
+
+Needs: torch; numpy to read the official CIFAR-10 files; torchvision only to download them.
+Data: --data-dir DIR, else $AIRBENCH_DATA, else ./cifar10 (README.md, "Data").
+Results: README.md, "Results"; every figure of ours there names its log in logs/.
 """
 
 import argparse
@@ -397,11 +406,25 @@ def load_cifar10(data_dir):
             source = 'download'
     splits = read_official(folder)
     try:
-        for s, path in caches.items():
-            atomic_write(path, lambda tmp: torch.save(splits[s], tmp))
+        write_cache(splits, caches)
     except OSError as e:
         print(f'note: could not write the cache in {data_dir} ({e.strerror}); reading the pickles again next time')
     return splits, source
+
+
+def write_cache(splits, paths):
+    """Writes train.pt and test.pt, each atomically, and both or neither: whatever stops the
+    writing (a full disk, Ctrl-C) removes the file already written, so no half cache is left."""
+    written = []
+    try:
+        for split, path in paths.items():
+            atomic_write(path, lambda tmp: torch.save(splits[split], tmp))
+            written.append(path)
+    except BaseException:
+        for path in written:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        raise
 #=== end shared: data-files
 
 #=== shared: loader
@@ -508,6 +531,7 @@ class CifarLoader:
 #                  Network                  #
 #############################################
 
+#=== shared: batchnorm
 class BatchNorm(nn.BatchNorm2d):
     """BatchNorm whose scale is fixed at 1; only the bias learns."""
 
@@ -515,8 +539,10 @@ class BatchNorm(nn.BatchNorm2d):
         # airbench's momentum weighs the old running stats; PyTorch's weighs the new batch.
         super().__init__(num_features, eps=eps, momentum=1 - momentum)
         self.weight.requires_grad = False
+#=== end shared: batchnorm
 
 
+#=== shared: conv
 class Conv(nn.Conv2d):
     """3x3 'same' conv without bias; the first C_in filters start as the identity ("dirac")."""
 
@@ -527,6 +553,7 @@ class Conv(nn.Conv2d):
         super().reset_parameters()
         w = self.weight.data
         torch.nn.init.dirac_(w[:w.size(1)])
+#=== end shared: conv
 
 
 class ConvGroup(nn.Module):
@@ -587,14 +614,17 @@ def make_net(hyp):
 def whitening_filters(images, kernel_size, eps):
     """Eigenvectors of the (uncentred) covariance of all kernel_size^2 patches of the images,
     each divided by sqrt(eigenvalue + eps), largest eigenvalue first, then their negations.
-    Computed in fp32 outside autocast: a bf16/fp16 covariance gives negative eigenvalues and NaNs."""
+    Computed in fp32 outside autocast: a bf16/fp16 covariance gives negative eigenvalues and NaNs.
+    eigh works from the upper triangle, as the originals do: LAPACK's reduction of the lower one
+    returns some eigenvectors with the opposite sign (8 of 12 on CIFAR-10), i.e. swaps those
+    filters with their negations."""
     with torch.autocast(device_type=images.device.type, enabled=False):
         x = images.float()
         c = x.size(1)
         patches = x.unfold(2, kernel_size, 1).unfold(3, kernel_size, 1)  # N, C, H', W', k, k
         patches = patches.transpose(1, 3).reshape(-1, c * kernel_size**2)  # rows in (C, k, k) order
         covariance = patches.T @ patches / len(patches)
-        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance, UPLO='U')
         eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.T.flip(0)
         filters = eigenvectors / torch.sqrt(eigenvalues + eps).view(-1, 1)
         filters = filters.view(-1, c, kernel_size, kernel_size)
@@ -784,19 +814,24 @@ class RunLog:
 #                 Training                  #
 #############################################
 
+#=== shared: steps
 def train_steps(opt, n_train):
     """Optimizer steps of one run: floor(n_train / batch) per epoch, fractional epochs end mid-epoch."""
     return ceil(opt['train_epochs'] * (n_train // opt['batch_size']))
+#=== end shared: steps
 
 
+#=== shared: schedule
 def lr_schedule(total_steps, start, peak_at, end):
     """lr multiplier for steps 0..total_steps: linear from start to 1.0 at step int(peak_at * total),
     then linear to end at the last step."""
     peak = int(peak_at * total_steps)
     return [start + (1 - start) * step / peak if step < peak else
             1 + (end - 1) * (step - peak) / (total_steps - peak) for step in range(total_steps + 1)]
+#=== end shared: schedule
 
 
+#=== shared: optimizer
 def decoupled_hyperparameters(opt):
     """PyTorch SGD values from the decoupled ones. With constant gradients, Nesterov momentum m
     makes steps 1 + 1/(1 - m) times the gradient; dividing by that (per 1024 examples) leaves the
@@ -817,6 +852,7 @@ def make_optimizer(model, opt):
     groups = [dict(params=norm_biases, lr=h['lr_biases'], weight_decay=h['weight_decay_biases']),
               dict(params=others, lr=h['lr'], weight_decay=h['weight_decay'])]
     return torch.optim.SGD(groups, momentum=opt['momentum'], nesterov=True)
+#=== end shared: optimizer
 
 
 def train(hyp, dev, data, run, seed):

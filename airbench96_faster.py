@@ -1,40 +1,38 @@
 """
 airbench96_faster.py: CIFAR-10 to 96% training only on the examples a small proxy net finds hardest.
 
-Claim (the airbench repository's figures, not ours): 96.00% mean TTA accuracy in n=200 runs,
-27.3 s per run on an NVIDIA A100-SXM4-40GB with torch 2.4.0, 3.1 PFLOPs per run. This is the
-current 96% record (after the paper).
-Our evidence: see README.md ("Results"); every figure there comes from a log in logs/.
+Published (the airbench repository's, not ours): 96.00% mean TTA accuracy in n=200 runs, 27.3 s
+per run on an NVIDIA A100-SXM4-40GB with torch 2.4.0, 3.1 PFLOPs per run; the 96% record after
+the paper.
 
-Parent: airbench96.py. Changes: one stream of augmented 1024-example batches (reshuffled and
-re-augmented every epoch, batches straddling epoch boundaries, drawn from a generator seeded
-per run) feeds two nets. A proxy net (widths 32/64/64, depth 2, whitening bias frozen from
-the start) runs forward on every batch and selects its 512 highest-loss examples; on one
-batch in four it also steps on the summed loss of those 512 (same optimizer and schedule
-recipe as the main net). The main net (airbench96's 128/384/512 depth-3 net, with lookahead)
-trains on the selected 512 of every batch. 45 epochs of the stream = ceil(45 x 50000 / 1024)
-= 2198 batches. The timed region includes the proxy. BatchNorm momentum: METHODS.md names
-none for this script, so it keeps the family's 0.6 (PyTorch 0.4). 200 runs by default.
-On CUDA both nets are compiled (max-autotune) once per invocation and re-initialised per run.
-On a CPU: both nets run eagerly: on our 2-core CPU torch.compile
-made airbench94's network ~22% slower per epoch (see airbench94_compiled.py's header); we did not
-measure a compiled CPU run of these two nets, so only CUDA compiles.
-
-Whitening-bias freeze: the main net's whitening bias is frozen after 3 epochs of the stream
-(at step ceil(3 x 50000 / 1024) = 147), as the method states. The public original compares an
-epoch counter with a step count, so its freeze never fires and the bias trains throughout;
---set opt.whiten_bias_epochs=45 reproduces that. What it changed on our data (2-core CPU, JPEG
-copy of CIFAR-10, --set opt.train_epochs=5, seed 0, so both runs share init and data stream):
-82.58% TTA accuracy with the freeze, 82.51% without (81.53% / 81.63% without TTA), i.e. nothing
-we can tell apart in one run each (logs/airbench96_faster-20261123-211407-e2282afe and
-logs/airbench96_faster-20261123-213554-a31cfc2a). The freeze saves the backward pass into the
-whitening layer's output, which we could not time fairly: other work shared the CPU during
-the second run.
+Method (docs/method.md §1, §2, §4): airbench96's net and recipe, fed by a proxy. One stream of
+augmented 1024-example batches (reshuffled and re-augmented every epoch, batches straddling
+epoch boundaries, drawn from a generator seeded per run) feeds two nets. A proxy net (widths
+32/64/64, depth 2, whitening bias frozen from the start) runs forward on every batch and selects
+its 512 highest-loss examples; on one batch in four it also steps on the summed loss of those
+512 (same optimizer and schedule recipe as the main net). The main net (airbench96's 128/384/512
+depth-3 net, BatchNorm momentum 0.1, with lookahead) trains on the selected 512 of every batch.
+The timed region includes the proxy.
+Parent: airbench96.py. Changes: the above; 45 epochs; 200 runs by default.
+Steps: 45 epochs counted as the original counts them, (50000 // 1024) x 45 = 2160 batches of
+the stream (44.2 passes over the data), for both nets and the schedules.
+Deviations from the original, and why:
+- The main net's whitening bias is frozen after 3 epochs of the stream (at batch
+  ceil(3 x 50000 / 1024) = 147), as the method states. The public original compares an epoch
+  counter with a step count, so its freeze never fires and the bias trains throughout;
+  --set opt.whiten_bias_epochs=45 reproduces that. Its effect on accuracy: README.md, "Results".
+- Both nets are compiled on CUDA only (max-autotune, once per invocation, re-initialised per
+  run); on a CPU compiling made airbench94's net slower (README.md, "Devices and precision").
+  Off CUDA the precision differs (class Device).
 
 Run:
     python airbench96_faster.py                      # warmup + 200 runs on the best device
     python airbench96_faster.py --runs 1 --no-warmup # one run
-    python airbench96_faster.py --help               # every flag
+    python airbench96_faster.py --set opt.train_epochs=2   # any hyperparameter; --help lists them
+
+Needs: torch; numpy to read the official CIFAR-10 files; torchvision only to download them.
+Data: --data-dir DIR, else $AIRBENCH_DATA, else ./cifar10 (README.md, "Data").
+Results: README.md, "Results"; every figure of ours there names its log in logs/.
 """
 
 import argparse
@@ -68,7 +66,7 @@ from torch import nn
 # changing one does not change the step size or decay strength set by the others.
 hyp = {
     'opt': {
-        'train_epochs': 45.0,      # epochs of the stream: ceil(45 x 50000 / 1024) = 2198 batches
+        'train_epochs': 45.0,      # epochs, counted as airbench96 does: 45 x 48 = 2160 batches of the stream
         'batch_size': 1024,        # examples per batch of the stream; the proxy sees them all
         'batch_size_masked': 512,  # the proxy's highest-loss examples per batch, the main net's batch
         'proxy_every': 4,          # the proxy steps on one batch in this many (forward only on the rest)
@@ -96,7 +94,7 @@ hyp = {
     'net': {
         'widths': {'block1': 128, 'block2': 384, 'block3': 512},  # output channels of the 3 ConvGroups
         'depth': 3,                # convs per ConvGroup: 3 = residual across the last two
-        'batchnorm_momentum': 0.6, # weight on the old running stats (PyTorch momentum 0.4); both nets
+        'batchnorm_momentum': 0.9, # weight on the old running stats (PyTorch momentum 0.1, its default); both nets
         'scaling_factor': 1 / 9,   # multiplies the logits (both nets)
         'whiten_images': 5000,     # training images whose 2x2 patches initialise the whitening convs
         'whiten_eps': 5e-4,        # added to the patch-covariance eigenvalues
@@ -431,11 +429,25 @@ def load_cifar10(data_dir):
             source = 'download'
     splits = read_official(folder)
     try:
-        for s, path in caches.items():
-            atomic_write(path, lambda tmp: torch.save(splits[s], tmp))
+        write_cache(splits, caches)
     except OSError as e:
         print(f'note: could not write the cache in {data_dir} ({e.strerror}); reading the pickles again next time')
     return splits, source
+
+
+def write_cache(splits, paths):
+    """Writes train.pt and test.pt, each atomically, and both or neither: whatever stops the
+    writing (a full disk, Ctrl-C) removes the file already written, so no half cache is left."""
+    written = []
+    try:
+        for split, path in paths.items():
+            atomic_write(path, lambda tmp: torch.save(splits[split], tmp))
+            written.append(path)
+    except BaseException:
+        for path in written:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        raise
 #=== end shared: data-files
 
 #=== shared: loader
@@ -542,6 +554,7 @@ class CifarLoader:
 #                  Network                  #
 #############################################
 
+#=== shared: batchnorm
 class BatchNorm(nn.BatchNorm2d):
     """BatchNorm whose scale is fixed at 1; only the bias learns."""
 
@@ -549,8 +562,10 @@ class BatchNorm(nn.BatchNorm2d):
         # airbench's momentum weighs the old running stats; PyTorch's weighs the new batch.
         super().__init__(num_features, eps=eps, momentum=1 - momentum)
         self.weight.requires_grad = False
+#=== end shared: batchnorm
 
 
+#=== shared: conv
 class Conv(nn.Conv2d):
     """3x3 'same' conv without bias; the first C_in filters start as the identity ("dirac")."""
 
@@ -561,6 +576,7 @@ class Conv(nn.Conv2d):
         super().reset_parameters()
         w = self.weight.data
         torch.nn.init.dirac_(w[:w.size(1)])
+#=== end shared: conv
 
 
 class ConvGroup(nn.Module):
@@ -637,14 +653,17 @@ def make_net(hyp, part='net'):
 def whitening_filters(images, kernel_size, eps):
     """Eigenvectors of the (uncentred) covariance of all kernel_size^2 patches of the images,
     each divided by sqrt(eigenvalue + eps), largest eigenvalue first, then their negations.
-    Computed in fp32 outside autocast: a bf16/fp16 covariance gives negative eigenvalues and NaNs."""
+    Computed in fp32 outside autocast: a bf16/fp16 covariance gives negative eigenvalues and NaNs.
+    eigh works from the upper triangle, as the originals do: LAPACK's reduction of the lower one
+    returns some eigenvectors with the opposite sign (8 of 12 on CIFAR-10), i.e. swaps those
+    filters with their negations."""
     with torch.autocast(device_type=images.device.type, enabled=False):
         x = images.float()
         c = x.size(1)
         patches = x.unfold(2, kernel_size, 1).unfold(3, kernel_size, 1)  # N, C, H', W', k, k
         patches = patches.transpose(1, 3).reshape(-1, c * kernel_size**2)  # rows in (C, k, k) order
         covariance = patches.T @ patches / len(patches)
-        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance, UPLO='U')
         eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.T.flip(0)
         filters = eigenvectors / torch.sqrt(eigenvalues + eps).view(-1, 1)
         filters = filters.view(-1, c, kernel_size, kernel_size)
@@ -834,19 +853,24 @@ class RunLog:
 #                 Training                  #
 #############################################
 
+#=== shared: steps
 def train_steps(opt, n_train):
-    """Batches of one run: the stream straddles epochs, so ceil(epochs x n_train / batch)."""
-    return ceil(opt['train_epochs'] * n_train / opt['batch_size'])
+    """Optimizer steps of one run: floor(n_train / batch) per epoch, fractional epochs end mid-epoch."""
+    return ceil(opt['train_epochs'] * (n_train // opt['batch_size']))
+#=== end shared: steps
 
 
+#=== shared: schedule
 def lr_schedule(total_steps, start, peak_at, end):
     """lr multiplier for steps 0..total_steps: linear from start to 1.0 at step int(peak_at * total),
     then linear to end at the last step."""
     peak = int(peak_at * total_steps)
     return [start + (1 - start) * step / peak if step < peak else
             1 + (end - 1) * (step - peak) / (total_steps - peak) for step in range(total_steps + 1)]
+#=== end shared: schedule
 
 
+#=== shared: optimizer
 def decoupled_hyperparameters(opt):
     """PyTorch SGD values from the decoupled ones. With constant gradients, Nesterov momentum m
     makes steps 1 + 1/(1 - m) times the gradient; dividing by that (per 1024 examples) leaves the
@@ -867,6 +891,7 @@ def make_optimizer(model, opt):
     groups = [dict(params=norm_biases, lr=h['lr_biases'], weight_decay=h['weight_decay_biases']),
               dict(params=others, lr=h['lr'], weight_decay=h['weight_decay'])]
     return torch.optim.SGD(groups, momentum=opt['momentum'], nesterov=True)
+#=== end shared: optimizer
 
 
 def batch_stream(loader, batch_size):
@@ -896,34 +921,10 @@ def select_hardest(losses, k):
     return mask
 
 
-def decoupled_hyperparameters(opt):
-    """PyTorch SGD values from the decoupled ones. With constant gradients, Nesterov momentum m
-    makes steps 1 + 1/(1 - m) times the gradient; dividing by that (per 1024 examples) leaves the
-    step size to the lr alone. PyTorch multiplies weight decay by the lr, so it is divided by each
-    group's lr to keep the decay independent of the lr."""
-    kilostep = 1024 * (1 + 1 / (1 - opt['momentum']))
-    lr = opt['lr'] / kilostep
-    wd = opt['weight_decay'] * opt['batch_size'] / kilostep
-    lr_biases = lr * opt['bias_scaler']
-    return {'lr': lr, 'weight_decay': wd / lr, 'lr_biases': lr_biases, 'weight_decay_biases': wd / lr_biases}
-
-
-def make_optimizer(model, opt):
-    h = decoupled_hyperparameters(opt)
-    norm_biases = [p for m in model.modules() if isinstance(m, BatchNorm) for p in m.parameters() if p.requires_grad]
-    ids = {id(p) for p in norm_biases}
-    others = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-    groups = [dict(params=norm_biases, lr=h['lr_biases'], weight_decay=h['weight_decay_biases']),
-              dict(params=others, lr=h['lr'], weight_decay=h['weight_decay'])]
-    optimizer = torch.optim.SGD(groups, momentum=opt['momentum'], nesterov=True)
-    for group in optimizer.param_groups:
-        group['initial_lr'] = group['lr']
-    return optimizer
-
-
 def set_lr(optimizer, factor):
+    """Sets every group's lr to factor x the lr it was created with."""
     for group in optimizer.param_groups:
-        group['lr'] = group['initial_lr'] * factor
+        group['lr'] = group.setdefault('initial_lr', group['lr']) * factor
 
 
 def compile_nets(hyp, dev):
@@ -936,11 +937,17 @@ def compile_nets(hyp, dev):
     return nets
 
 
+#=== shared: reinit
 @torch.no_grad()
-def reinit_net(model, hyp, part):
-    """Re-initialises model in place from a fresh make_net(hyp, part), so compiled graphs stay valid."""
-    for v, fresh in zip(model.state_dict().values(), make_net(hyp, part).state_dict().values()):
-        v.copy_(fresh)
+def reinit_net(model, fresh):
+    """Makes the persistent (compiled) model a copy of the freshly built net `fresh`: its values
+    (the same random draws as a per-run net) and which parameters train, since the previous run
+    left the whitening bias frozen. Copying in place keeps the compiled graphs valid."""
+    for v, w in zip(model.state_dict().values(), fresh.state_dict().values()):
+        v.copy_(w)
+    for p, q in zip(model.parameters(), fresh.parameters()):
+        p.requires_grad_(q.requires_grad)
+#=== end shared: reinit
 
 
 def train(hyp, dev, data, run, seed, nets, trace=None):
@@ -959,8 +966,8 @@ def train(hyp, dev, data, run, seed, nets, trace=None):
     freeze_step = ceil(o['whiten_bias_epochs'] * n_train / o['batch_size'])
 
     (proxy, proxy_run), (model, model_run) = nets['proxy'], nets['net']
-    reinit_net(proxy, hyp, 'proxy')
-    reinit_net(model, hyp, 'net')
+    reinit_net(proxy, make_net(hyp, 'proxy'))
+    reinit_net(model, make_net(hyp, 'net'))
     proxy_optimizer, optimizer = make_optimizer(proxy, o), make_optimizer(model, o)
     schedule = lr_schedule(total_steps, o['lr_start'], o['lr_peak_at'], o['lr_end'])
     lookahead = LookaheadState(model)

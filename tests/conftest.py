@@ -1,6 +1,7 @@
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,8 +31,8 @@ def load_script(name):
 
 def run_script(name, *args, timeout=300, env=None, cwd=None):
     """Runs REPO/name.py as a user would; returns the CompletedProcess (text)."""
-    full_env = {**os.environ, 'PYTHONUNBUFFERED': '1', **(env or {})}
-    full_env.pop('AIRBENCH_DATA', None)
+    full_env = {k: v for k, v in os.environ.items() if k != 'AIRBENCH_DATA'}
+    full_env.update({'PYTHONUNBUFFERED': '1', **(env or {})})
     return subprocess.run([sys.executable, str(REPO / f'{name}.py'), *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=cwd)
 
@@ -50,17 +51,22 @@ def read_log(folder):
 
 
 @pytest.fixture(scope='session')
-def cifar_dir(tmp_path_factory):
-    """Synthetic CIFAR-10 in the official python layout (2,000 train / 500 test images)."""
-    return str(synthetic.write_official(tmp_path_factory.mktemp('cifar')))
+def official_dir(tmp_path_factory):
+    """Synthetic CIFAR-10 in the official python layout only (2,000 train / 500 test images).
+    Read-only for tests: copy it before a script may write its cache there."""
+    return str(synthetic.write_official(tmp_path_factory.mktemp('cifar_official')))
 
 
 @pytest.fixture(scope='session')
-def cached_cifar_dir(tmp_path_factory):
-    """The same synthetic data with its train.pt/test.pt cache already built."""
-    root = str(synthetic.write_official(tmp_path_factory.mktemp('cifar_cached')))
-    load_script('airbench94').load_cifar10(root)
-    return root
+def cifar_dir(official_dir, tmp_path_factory):
+    """The same data with its train.pt/test.pt cache already built, so every run reads the cache
+    whichever test runs first."""
+    root = tmp_path_factory.mktemp('cifar') / 'data'
+    shutil.copytree(official_dir, root)
+    load_script('airbench94').load_cifar10(str(root))
+    return str(root)
+
+
 
 
 # The scripts as modules, one fixture each (importing a script runs nothing).

@@ -67,7 +67,7 @@ def test_log_files(invocation):
     assert log['seed'] == 7 and [r['seed'] for r in log['runs']] == [8, 9]
     assert log['overrides']['opt.batch_size'] == 200 and log['hyp']['opt']['batch_size'] == 200
     assert log['environment']['device'] == 'cpu' and log['environment']['torch'] == torch.__version__
-    assert log['data'] == {'dir': log['data']['dir'], 'source': 'official pickles', 'train': 2000, 'test': 500}
+    assert log['data'] == {'dir': log['data']['dir'], 'source': 'cache', 'train': 2000, 'test': 500}
     assert log['summary']['n'] == 2 and log['flops_per_run'] > 0
     for run in log['runs']:
         assert run['steps'] == load_script('airbench94').train_steps(log['hyp']['opt'], 2000) == 30
@@ -89,6 +89,27 @@ def test_same_seed_same_device_repeats_the_run(invocation, cifar_dir, tmp_path):
     assert repeat['seed'] == first['seed']
     assert repeat['tta_val_acc'] == first['tta_val_acc'] and repeat['val_acc'] == first['val_acc']
     assert [e['train_loss'] for e in repeat['epochs']] == [e['train_loss'] for e in first['epochs']]
+
+
+def test_different_seeds_give_different_runs(invocation):
+    proc, _ = invocation
+    first, second = read_log(log_dir_of(proc.stdout))['runs']  # seeds 8 and 9
+    assert [e['train_loss'] for e in first['epochs']] != [e['train_loss'] for e in second['epochs']]
+
+
+def test_the_default_seed_is_random_logged_and_reproduces_the_run(cifar_dir, tmp_path):
+    args = ['--data-dir', cifar_dir, '--log-dir', str(tmp_path), '--runs', '1', '--no-warmup', *TINY]
+    drawn = [run_script('airbench94', *args) for _ in range(2)]
+    for proc in drawn:
+        assert proc.returncode == 0, proc.stderr
+    logs = [read_log(log_dir_of(proc.stdout)) for proc in drawn]
+    assert logs[0]['seed'] != logs[1]['seed']  # drawn at random (1 in 2**31 to collide)
+    seed = logs[0]['seed']
+    assert f'seed {seed};' in drawn[0].stdout and logs[0]['runs'][0]['seed'] == seed + 1
+    again = run_script('airbench94', *args, '--seed', str(seed))
+    assert again.returncode == 0, again.stderr
+    repeat = read_log(log_dir_of(again.stdout))['runs'][0]
+    assert repeat['epochs'] == logs[0]['runs'][0]['epochs'] and repeat['tta_val_acc'] == logs[0]['runs'][0]['tta_val_acc']
 
 
 def test_help_explains_every_flag():

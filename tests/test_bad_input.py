@@ -78,9 +78,9 @@ def test_data_dir_is_a_file(tmp_path):
     user_error(run(f, tmp_path=tmp_path), str(f), 'is a file')
 
 
-def test_truncated_cache(cached_cifar_dir, tmp_path):
+def test_truncated_cache(cifar_dir, tmp_path):
     data = tmp_path / 'data'
-    shutil.copytree(cached_cifar_dir, data)
+    shutil.copytree(cifar_dir, data)
     path = data / 'train.pt'
     path.write_bytes(path.read_bytes()[:5000])
     before = snapshot(data)
@@ -88,16 +88,16 @@ def test_truncated_cache(cached_cifar_dir, tmp_path):
     assert snapshot(data) == before
 
 
-def test_corrupt_cache(cached_cifar_dir, tmp_path):
+def test_corrupt_cache(cifar_dir, tmp_path):
     data = tmp_path / 'data'
-    shutil.copytree(cached_cifar_dir, data)
+    shutil.copytree(cifar_dir, data)
     (data / 'test.pt').write_bytes(os.urandom(3000))
     user_error(run(data, tmp_path=tmp_path), str(data / 'test.pt'))
 
 
-def test_truncated_pickle(cifar_dir, tmp_path):
+def test_truncated_pickle(official_dir, tmp_path):
     data = tmp_path / 'data'
-    shutil.copytree(cifar_dir, data, ignore=shutil.ignore_patterns('*.pt'))
+    shutil.copytree(official_dir, data)
     path = data / 'cifar-10-batches-py' / 'data_batch_3'
     path.write_bytes(path.read_bytes()[:1000])
     before = snapshot(data)
@@ -105,9 +105,9 @@ def test_truncated_pickle(cifar_dir, tmp_path):
     assert snapshot(data) == before  # no cache was written from bad files
 
 
-def test_missing_pickle(cifar_dir, tmp_path):
+def test_missing_pickle(official_dir, tmp_path):
     data = tmp_path / 'data'
-    shutil.copytree(cifar_dir, data, ignore=shutil.ignore_patterns('*.pt'))
+    shutil.copytree(official_dir, data)
     (data / 'cifar-10-batches-py' / 'test_batch').unlink()
     user_error(run(data, tmp_path=tmp_path), 'test_batch', 'missing')
 
@@ -135,16 +135,16 @@ def rewrite_batch(data, name, change):
     ('data_batch_2', lambda b: b.update({b'data': b[b'data'][:, :1024]}), '(N, 3072)'),
     ('test_batch', lambda b: b.update({b'data': b[b'data'].astype('float32')}), 'uint8'),
 ])
-def test_pickled_images_of_the_wrong_shape_or_dtype(cifar_dir, tmp_path, name, change, fragment):
+def test_pickled_images_of_the_wrong_shape_or_dtype(official_dir, tmp_path, name, change, fragment):
     data = tmp_path / 'data'
-    shutil.copytree(cifar_dir, data, ignore=shutil.ignore_patterns('*.pt'))
+    shutil.copytree(official_dir, data)
     path = rewrite_batch(data, name, change)
     user_error(run(data, tmp_path=tmp_path), str(path), fragment)
 
 
-def test_pickled_labels_out_of_range(cifar_dir, tmp_path):
+def test_pickled_labels_out_of_range(official_dir, tmp_path):
     data = tmp_path / 'data'
-    shutil.copytree(cifar_dir, data, ignore=shutil.ignore_patterns('*.pt'))
+    shutil.copytree(official_dir, data)
     rewrite_batch(data, 'data_batch_1', lambda b: b[b'labels'].__setitem__(0, 10))
     user_error(run(data, tmp_path=tmp_path), 'labels outside 0..9')
     assert not (data / 'train.pt').exists()
@@ -156,9 +156,9 @@ def test_pickled_labels_out_of_range(cifar_dir, tmp_path):
     (lambda s: s.update(labels=s['labels'][:-1]), 'labels of shape'),
     (lambda s: s.update(labels=s['labels'] - 1), 'labels outside 0..9'),
 ])
-def test_cache_with_bad_tensors(cached_cifar_dir, tmp_path, change, fragment):
+def test_cache_with_bad_tensors(cifar_dir, tmp_path, change, fragment):
     data = tmp_path / 'data'
-    shutil.copytree(cached_cifar_dir, data)
+    shutil.copytree(cifar_dir, data)
     split = torch.load(data / 'train.pt', weights_only=True)
     change(split)
     torch.save(split, data / 'train.pt')

@@ -70,12 +70,15 @@ def test_compiled_reinit_draws_airbench94s_initial_weights(ab94):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)  # as if trained
+    model[0].bias.requires_grad = False  # as the previous run left it
     torch.manual_seed(5)
-    abc.reinit_net(model, hyp)
+    abc.reinit_net(model, abc.make_net(hyp))
     torch.manual_seed(5)
     fresh = ab94.make_net(hyp)
     for (k, v), w in zip(model.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(v, w), k
+    assert [p.requires_grad for p in model.parameters()] == [p.requires_grad for p in fresh.parameters()]
+    assert model[0].bias.requires_grad
 
 
 # ---------------------------------------------------------------- airbench95 / airbench96 facts
@@ -89,7 +92,7 @@ def test_widths_epochs_and_step_counts(ab94, ab95, ab96):
     o96 = ab96.hyp['opt']
     assert (o96['lr'], o96['weight_decay'], o96['train_epochs']) == (9.0, 0.012, 37.0)
     assert ab96.hyp['aug'] == {'flip': True, 'translate': 4, 'cutout': 12}
-    # everything not named by METHODS.md stays at airbench94's values
+    # everything not named by docs/method.md §2 stays at airbench94's values
     for m, changed in ((ab95, {'train_epochs', 'lr'}),
                        (ab96, {'train_epochs', 'lr', 'weight_decay', 'lr_peak_at', 'lr_end'})):
         assert {k: v for k, v in m.hyp['opt'].items() if k not in changed} == \
@@ -133,18 +136,10 @@ def test_airbench96_schedule_knots(ab96):
     assert s[1000] == pytest.approx((1776 - 1000) / (1776 - 177))
 
 
-@pytest.mark.parametrize('name, claim', [('airbench94', 0.36), ('airbench94_compiled', 0.36),
-                                         ('airbench95', 1.4), ('airbench96', 4.9),
-                                         ('airbench94_muon', 0.29), ('airbench96_faster', 3.1)])
-def test_flops_within_ten_percent_of_the_claim(name, claim):
-    m = load_script(name)
-    assert m.flops_per_run(m.hyp, 50000, 10000) / 1e15 == pytest.approx(claim, rel=0.10)
-
-
 def test_airbench96_first_version_is_reachable_with_overrides(ab96):
     hyp, overrides = ab96.apply_overrides(ab96.hyp, ['opt.train_epochs=40', 'net.widths.block2=512'])
     assert hyp['net']['widths'] == {'block1': 128, 'block2': 512, 'block3': 512}
-    assert ab96.flops_per_run(hyp, 50000, 10000) / 1e15 == pytest.approx(7.2, rel=0.10)  # the paper: 7.2
+    assert hyp['opt']['train_epochs'] == 40.0 and overrides == {'opt.train_epochs': 40.0, 'net.widths.block2': 512}
 
 
 @pytest.mark.parametrize('name', ['airbench95', 'airbench96'])

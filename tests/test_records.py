@@ -53,7 +53,7 @@ def test_newton_schulz_spectrum_ill_conditioned(mu, tall):
 
 
 def reference_newton_schulz(g, steps):
-    """Newton-Schulz written out in float64 from METHODS.md, independently of the script."""
+    """Newton-Schulz written out in float64 from docs/method.md §3, independently of the script."""
     x = g.double() / (g.double().norm() + 1e-7)
     transpose = x.shape[0] > x.shape[1]
     if transpose:
@@ -110,6 +110,8 @@ def test_muon_falls_back_to_fp32_without_bf16_matmul(mu, monkeypatch, capsys):
 
 def test_muon_network_head_and_groups(mu):
     net = mu.make_net(mu.hyp)
+    bias, bound = net[0].bias.detach(), 1 / math.sqrt(3 * 2 * 2)  # nn.Conv2d's default init, not zero
+    assert bias.abs().min() > 0 and bias.abs().max() <= bound and bias.std() > bound / 4
     head = net[-2].weight
     assert head.shape == (10, 256) and head.std().item() == pytest.approx(1.0, rel=1e-5)
     assert net[-1].scale == pytest.approx(1 / 256)
@@ -170,7 +172,7 @@ def test_muon_end_to_end(cifar_dir, tmp_path):
 
 def faster_tiny(fa, **opt):
     """Batches of 300 from 2,000 images: every third batch or so straddles two epochs."""
-    hyp = tiny(fa.hyp, batch_size=300, batch_size_masked=150, train_epochs=2.0, whiten_bias_epochs=1, **opt)
+    hyp = tiny(fa.hyp, batch_size=300, batch_size_masked=150, train_epochs=2.5, whiten_bias_epochs=1, **opt)
     hyp['proxy']['widths'] = {'block1': 8, 'block2': 16, 'block3': 16}
     return hyp
 
@@ -183,7 +185,7 @@ def test_faster_streams_are_identical_for_proxy_and_main(fa, data):
     result = fa.train(hyp, dev, data, run=1, seed=11, nets=nets,
                       trace=lambda step, x, mask, main_x: seen.append((x.clone(), mask.clone(), main_x.clone())))
     total = fa.train_steps(hyp['opt'], 2000)
-    assert total == 14 and len(seen) == result['steps'] == total
+    assert total == 15 and len(seen) == result['steps'] == total
     for x, mask, main_x in seen:
         assert x.shape[0] == 300 and int(mask.sum()) == 150
         assert torch.equal(main_x, x[mask])  # the main net trains on the proxy's batch, the selected part
@@ -193,7 +195,7 @@ def test_faster_streams_are_identical_for_proxy_and_main(fa, data):
     stream = fa.batch_stream(loader, 300)
     for x, _, _ in seen:
         assert torch.equal(next(stream)[0], x)
-    assert loader.epoch == 3  # 14 x 300 images = 2.1 epochs
+    assert loader.epoch == 3  # 15 x 300 images = 2.25 epochs
 
 
 def test_faster_stream_straddles_epochs_without_losing_images(fa):
@@ -234,12 +236,12 @@ def test_faster_proxy_steps_on_one_batch_in_four_and_the_freeze_fires_on_time(fa
         steps_seen.append(step)
         requires_grad.append(nets['net'][0][0].bias.requires_grad)
     result = fa.train(hyp, dev, data, run=1, seed=0, nets=nets, trace=trace)
-    assert proxy_step_at == list(range(0, 14, 4)) and result['proxy_steps'] == 4
+    assert proxy_step_at == list(range(0, 15, 4)) and result['proxy_steps'] == 4
     freeze = math.ceil(1 * 2000 / 300)  # one epoch of the stream
     assert result['whiten_bias_frozen_at_step'] == freeze == 7
-    assert requires_grad == [True] * freeze + [False] * (14 - freeze)
+    assert requires_grad == [True] * freeze + [False] * (15 - freeze)
     assert not nets['proxy'][0][0].bias.requires_grad  # the proxy's bias never trains
-    assert fa.train_steps(fa.hyp['opt'], 50000) == 2198
+    assert fa.train_steps(fa.hyp['opt'], 50000) == 2160  # (50000 // 1024) x 45, as the original counts
     assert math.ceil(3 * 50000 / 1024) == 147
 
 
@@ -254,7 +256,7 @@ def test_faster_timer_includes_the_proxy(fa, data, monkeypatch):
     nets = fa.compile_nets(hyp, dev)
     nets['proxy'][0].register_forward_pre_hook(lambda module, args: clock.__setitem__(0, clock[0] + 1.0))
     result = fa.train(hyp, dev, data, run=1, seed=0, nets=nets)
-    assert result['time_seconds'] == result['steps'] == 14  # every proxy forward (one per batch) was timed
+    assert result['time_seconds'] == result['steps'] == 15  # every proxy forward (one per batch) was timed
 
 
 def test_faster_networks(fa):
@@ -265,6 +267,9 @@ def test_faster_networks(fa):
     assert all(g.depth == 3 and hasattr(g, 'conv3') for g in main if isinstance(g, fa.ConvGroup))
     assert not proxy[0].bias.requires_grad and main[0].bias.requires_grad
     assert proxy[-1].scale == main[-1].scale == pytest.approx(1 / 9)
+    for net in (proxy, main):  # PyTorch's default BatchNorm momentum, as airbench96 (docs/method.md §4)
+        norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+        assert norms and all(m.momentum == pytest.approx(0.1) for m in norms)
 
 
 def test_faster_end_to_end(cifar_dir, tmp_path):

@@ -1,4 +1,6 @@
-"""The blocks the scripts share are the same text everywhere (tools/shared_blocks.py)."""
+"""The blocks the scripts share are the same text everywhere (tools/shared_blocks.py), and the
+checker reports every way the markers and the lists can go wrong."""
+import shutil
 import sys
 
 import pytest
@@ -8,45 +10,105 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / 'tools'))
 import shared_blocks as sb  # noqa: E402
 
-REFERENCE = (REPO / sb.REFERENCE).read_text()
+REFERENCES = {name: (REPO / script).read_text() for name, script in sb.REFERENCE.items()}
 CASES = [(script, block) for script, blocks in sb.CARRIED.items() for block in blocks]
 
 
-def test_reference_defines_every_block():
-    assert set(sb.parse(REFERENCE)) == set(sb.ALL)
+def test_every_reference_defines_its_blocks():
+    for name, script in sb.REFERENCE.items():
+        assert name in sb.parse(REFERENCES[name], script), (name, script)
 
 
 @pytest.mark.parametrize('script, block', CASES, ids=[f'{s}:{b}' for s, b in CASES])
-def test_block_is_identical_to_airbench94(script, block):
+def test_block_is_identical_to_its_reference(script, block):
     path = REPO / script
     assert path.exists(), f'{script} is missing'
-    problems = [msg for name, msg in sb.drift(path.read_text(), REFERENCE, sb.CARRIED[script], script)
+    problems = [msg for name, msg in sb.drift(path.read_text(), REFERENCES, sb.CARRIED[script], script)
                 if name == block]
     assert not problems, problems[0]
 
 
-@pytest.mark.parametrize('script', sorted(sb.CARRIED))
-def test_no_unknown_blocks(script):
-    own = sb.parse((REPO / script).read_text(), script)
-    assert set(own) <= set(sb.ALL), set(own) - set(sb.ALL)
+def test_the_whole_project_passes_the_check():
+    assert sb.problems() == []
 
 
 def test_an_edited_copy_is_caught_and_named():
     text = (REPO / 'airbench95.py').read_text()
     edited = text.replace('            yield images[idx], labels[idx]', '            yield images[idx].clone(), labels[idx]')
     assert edited.count('.clone(), labels[idx]') == 1
-    problems = sb.drift(edited, REFERENCE, sb.CARRIED['airbench95.py'], 'airbench95.py')
+    problems = sb.drift(edited, REFERENCES, sb.CARRIED['airbench95.py'], 'airbench95.py')
     assert [name for name, _ in problems] == ['loader']
     assert 'airbench95.py' in problems[0][1] and "'loader'" in problems[0][1] and '.clone()' in problems[0][1]
-    assert sb.drift(sb.replace_blocks(edited, REFERENCE, sb.CARRIED['airbench95.py']), REFERENCE,
+    assert sb.drift(sb.replace_blocks(edited, REFERENCES, sb.CARRIED['airbench95.py']), REFERENCES,
                     sb.CARRIED['airbench95.py']) == []  # sync repairs it
 
 
-def test_missing_and_malformed_markers():
+def test_a_missing_block_is_named():
     text = (REPO / 'airbench95.py').read_text()
     no_tta = text.replace('#=== shared: tta\n', '').replace('#=== end shared: tta\n', '')
-    assert [name for name, _ in sb.drift(no_tta, REFERENCE, ['tta'])] == ['tta']
-    with pytest.raises(sb.MarkerError, match='never closed'):
-        sb.parse('#=== shared: a\nx\n')
-    with pytest.raises(sb.MarkerError, match='opens inside'):
-        sb.parse('#=== shared: a\n#=== shared: b\n#=== end shared: b\n#=== end shared: a\n')
+    problems = sb.drift(no_tta, REFERENCES, sb.CARRIED['airbench95.py'], 'airbench95.py')
+    assert [name for name, _ in problems] == ['tta'] and 'lacks' in problems[0][1]
+
+
+@pytest.mark.parametrize('text, match', [
+    ('#=== shared: a\nx\n', 'never closed'),
+    ('#=== shared: a\n#=== shared: b\n#=== end shared: b\n#=== end shared: a\n', 'opens inside'),
+    ('#=== shared: a\n#=== end shared: a\n#=== shared: a\n#=== end shared: a\n', 'appears twice'),
+    ('#=== end shared: a\n', 'closes no open block'),
+    ('#=== shared: a\n#=== end shared: b\n', 'closes'),
+    ('#=== shared:a\n#=== end shared: a\n', 'malformed marker'),
+    ('#=== shared: a \n#=== end shared: a\n', 'malformed marker'),
+    ('    #=== shared: a\n', 'malformed marker'),
+    ('#=== start shared: a\n', 'malformed marker'),
+])
+def test_malformed_markers(text, match):
+    with pytest.raises(sb.MarkerError, match=match):
+        sb.parse(text)
+
+
+def test_a_block_carried_but_not_listed_is_reported():
+    text = (REPO / 'airbench94_muon.py').read_text()
+    listed = [b for b in sb.CARRIED['airbench94_muon.py'] if b != 'reinit']
+    problems = sb.drift(text, REFERENCES, listed, 'airbench94_muon.py')
+    assert [name for name, _ in problems] == ['reinit'] and 'not listed' in problems[0][1]
+    unknown = text + '\n#=== shared: mystery\npass\n#=== end shared: mystery\n'
+    problems = sb.drift(unknown, REFERENCES, sb.CARRIED['airbench94_muon.py'], 'airbench94_muon.py')
+    assert [name for name, _ in problems] == ['mystery'] and 'no reference script' in problems[0][1]
+
+
+def test_a_function_defined_twice_is_reported():
+    text = 'def f():\n    pass\n\n\nclass C:\n    pass\n\n\ndef f():\n    return 1\n'
+    problems = sb.defined_twice(text, 'x.py')
+    assert len(problems) == 1 and "'f' is defined twice" in problems[0] and 'x.py:9' in problems[0]
+    for script in sb.CARRIED:
+        assert sb.defined_twice((REPO / script).read_text(), script) == []
+
+
+@pytest.fixture
+def copy_of_repo(tmp_path):
+    """The scripts and their folders, copied so the checker can be run on a broken project."""
+    for script in sb.project_scripts():
+        (tmp_path / script).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / script, tmp_path / script)
+    return tmp_path
+
+
+def test_an_unlisted_script_and_a_listed_missing_one_are_reported(copy_of_repo):
+    (copy_of_repo / 'airbench97.py').write_text((copy_of_repo / 'airbench95.py').read_text())
+    (copy_of_repo / 'legacy').mkdir(exist_ok=True)
+    (copy_of_repo / 'legacy' / 'old_record.py').write_text('print(1)\n')
+    (copy_of_repo / 'airbench96.py').unlink()
+    found = sb.problems(copy_of_repo)
+    assert any(m.startswith('airbench97.py is not listed') for m in found), found
+    assert any(m.startswith('legacy/old_record.py is not listed') for m in found), found
+    assert any(m.startswith('airbench96.py is listed') and 'does not exist' in m for m in found), found
+
+
+def test_check_reports_a_malformed_marker_and_a_double_definition_in_the_project(copy_of_repo):
+    path = copy_of_repo / 'airbench95.py'
+    text = path.read_text()
+    path.write_text(text.replace('#=== end shared: tta\n', '#=== end shared tta\n', 1)
+                    + '\n\ndef train_steps(opt, n_train):\n    return 0\n')
+    found = sb.problems(copy_of_repo)
+    assert any('airbench95.py' in m and 'malformed marker' in m for m in found), found
+    assert any("airbench95.py" in m and "'train_steps' is defined twice" in m for m in found), found

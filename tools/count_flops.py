@@ -1,42 +1,73 @@
-"""FLOPs per run of every script's default configuration (and airbench96's first version),
-counted by each script's own flops_per_run() on the meta device, for the 50,000 / 10,000 split.
+"""FLOPs per run of every script's default configuration (plus a few documented variants), each
+counted by the script's own flops_per_run() on the meta device for the 50,000 / 10,000 split.
 
-    python tools/count_flops.py            # prints a table; also written by us to logs/flops-*.json
+    python tools/count_flops.py            # prints the table, with the published figure beside each
+    python tools/count_flops.py --write    # also records it in logs/flops-<YYYYmmdd>.json
+
+tests/test_flops.py pins every script's count to the newest recorded file within 0.5%, so a change
+that alters the work of a run (a step more or less, a missing TTA pass) must re-record it.
 """
 import importlib.util
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CLAIMS = {'airbench94': 0.36, 'airbench94_compiled': 0.36, 'airbench95': 1.4, 'airbench96': 4.9,
-          'airbench94_muon': 0.29, 'airbench96_faster': 3.1}
+
+# (script, --set overrides, published PFLOPs per run or None, where the published figure comes from)
+ROWS = [
+    ('airbench94.py', [], 0.36, 'paper, Table 3'),
+    ('airbench94_compiled.py', [], 0.36, 'paper'),
+    ('airbench95.py', [], 1.4, 'paper, Table 3'),
+    ('airbench96.py', [], 4.9, 'paper, Table 3'),
+    ('airbench96.py', ['opt.train_epochs=40', 'net.widths.block2=512'], 7.2, "paper's first airbench96"),
+    ('airbench94_muon.py', [], 0.29, 'airbench repository README'),
+    ('airbench96_faster.py', [], 3.1, 'airbench repository README'),
+]
 
 
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / f'{name}.py')
+def load(script):
+    """Imports REPO/script as a module (importing a script runs nothing)."""
+    name = script.replace('/', '.').removesuffix('.py')
+    spec = importlib.util.spec_from_file_location(name, REPO / script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def main():
-    rows = []
-    for name, claim in CLAIMS.items():
-        m = load(name)
-        rows.append({'script': name, 'overrides': {}, 'pflops': m.flops_per_run(m.hyp, 50000, 10000) / 1e15,
-                     'published_pflops': claim})
-    m = load('airbench96')
-    overrides = ['opt.train_epochs=40', 'net.widths.block2=512']
+def count(script, overrides, module=None):
+    m = module or load(script)
     hyp, _ = m.apply_overrides(m.hyp, overrides)
-    rows.append({'script': 'airbench96', 'overrides': overrides, 'pflops': m.flops_per_run(hyp, 50000, 10000) / 1e15,
-                 'published_pflops': 7.2})
+    return m.flops_per_run(hyp, 50000, 10000)
+
+
+def table():
+    rows, modules = [], {}
+    for script, overrides, published, source in ROWS:
+        m = modules.setdefault(script, load(script))
+        rows.append({'script': script, 'overrides': overrides, 'pflops': count(script, overrides, m) / 1e15,
+                     'published_pflops': published, 'published_source': source})
+    return rows
+
+
+def main(argv):
+    if set(argv) - {'--write'}:
+        sys.exit(__doc__)
+    rows = table()
     for r in rows:
-        print(f"{r['script']:<22} {' '.join(r['overrides']):<44} {r['pflops']:.3f} PFLOPs "
-              f"(published {r['published_pflops']}, {100 * (r['pflops'] / r['published_pflops'] - 1):+.1f}%)")
-    if '--json' in sys.argv:
-        print(json.dumps(rows, indent=1), file=sys.stderr)
+        vs = '' if r['published_pflops'] is None else \
+            f" (published {r['published_pflops']}, {100 * (r['pflops'] / r['published_pflops'] - 1):+.1f}%)"
+        print(f"{r['script']:<28} {' '.join(r['overrides']):<44} {r['pflops']:.4f} PFLOPs{vs}")
+    if '--write' in argv:
+        path = REPO / 'logs' / f'flops-{time.strftime("%Y%m%d")}.json'
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix('.tmp')
+        tmp.write_text(json.dumps(rows, indent=1) + '\n')
+        os.replace(tmp, path)
+        print(f'recorded in {path.relative_to(REPO)}')
 
 
 if __name__ == '__main__':
-    main()
+    main(sys.argv[1:])

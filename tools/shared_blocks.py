@@ -1,29 +1,45 @@
-"""Keeps the shared blocks of the standalone scripts identical to airbench94.py's.
+"""Keeps the blocks that the standalone scripts share identical, and their markers sound.
 
 A shared block is the text between a line `#=== shared: NAME` and the line
-`#=== end shared: NAME`. airbench94.py holds the reference copy of every block; each other
-script carries the blocks listed for it in CARRIED, verbatim.
+`#=== end shared: NAME`. Every block has one reference script (REFERENCE, airbench94.py
+unless listed otherwise) and every script carries exactly the blocks listed for it in CARRIED,
+each the same text as the reference's copy.
 
-    python tools/shared_blocks.py check    # names every script and block that drifted (exit 1)
-    python tools/shared_blocks.py sync     # copies airbench94.py's blocks into the other scripts
+    python tools/shared_blocks.py check    # names every problem below (exit 1 if any)
+    python tools/shared_blocks.py sync     # copies each reference block into the scripts that carry it
 
+`check` reports: malformed or unbalanced markers; a listed block that a script lacks or whose
+text differs from the reference; a block a script carries but is not listed for; a script of
+the project (airbench*.py, ablations/*.py, legacy/*.py) that is not listed at all; and a
+top-level function or class defined twice in one script (the later one silently wins).
 tests/test_shared_blocks.py runs the check.
 """
+import ast
 import difflib
 import re
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-REFERENCE = 'airbench94.py'
-ALL = ('errors', 'device', 'data-files', 'loader', 'whitening', 'lookahead', 'tta', 'logging', 'cli', 'driver')
+SCRIPT_GLOBS = ('airbench*.py', 'ablations/*.py', 'legacy/*.py')
+
+HARNESS = ('errors', 'device', 'data-files', 'logging', 'cli', 'driver')
+METHOD = ('loader', 'batchnorm', 'conv', 'whitening', 'lookahead', 'tta', 'steps', 'schedule', 'optimizer')
+REFERENCE = {name: 'airbench94.py' for name in HARNESS + METHOD}
+REFERENCE['reinit'] = 'airbench94_compiled.py'  # only the scripts that keep one net per invocation
+ALL = tuple(REFERENCE)
+
+SGD_FAMILY = HARNESS + METHOD
 CARRIED = {
-    'airbench94_compiled.py': ALL,
-    'airbench95.py': ALL,
-    'airbench96.py': ALL,
-    'airbench94_muon.py': tuple(b for b in ALL if b != 'lookahead'),  # Muon runs without lookahead
-    'airbench96_faster.py': ALL,
+    'airbench94.py': SGD_FAMILY,
+    'airbench94_compiled.py': SGD_FAMILY + ('reinit',),
+    'airbench95.py': SGD_FAMILY,
+    'airbench96.py': SGD_FAMILY,
+    # Muon: no lookahead, its own lr schedules and optimizers
+    'airbench94_muon.py': tuple(b for b in SGD_FAMILY if b not in ('lookahead', 'schedule', 'optimizer')) + ('reinit',),
+    'airbench96_faster.py': SGD_FAMILY + ('reinit',),
 }
+
 MARKER = re.compile(r'^#=== (end shared|shared): ([\w-]+)$')
 
 
@@ -36,9 +52,13 @@ def parse(text, where='<text>'):
     blocks, name, start = {}, None, None
     lines = text.splitlines(keepends=True)
     for i, line in enumerate(lines):
-        m = MARKER.match(line.rstrip('\n'))
-        if not m:
+        stripped = line.rstrip('\n')
+        if not stripped.lstrip().startswith('#==='):
             continue
+        m = MARKER.match(stripped)
+        if not m:
+            raise MarkerError(f'{where}:{i + 1}: malformed marker {stripped!r}: '
+                              'write "#=== shared: NAME" or "#=== end shared: NAME" at the start of the line')
         kind, label = m.groups()
         if kind == 'shared':
             if name is not None:
@@ -48,60 +68,106 @@ def parse(text, where='<text>'):
             name, start = label, i + 1
         else:
             if label != name:
-                raise MarkerError(f'{where}:{i + 1}: "end shared: {label}" closes {name!r}')
+                raise MarkerError(f'{where}:{i + 1}: "end shared: {label}" closes '
+                                  + (f'{name!r}' if name else 'no open block'))
             blocks[name], name = ''.join(lines[start:i]), None
     if name is not None:
         raise MarkerError(f'{where}: block {name!r} is never closed')
     return blocks
 
 
-def drift(script_text, reference_text, carried, script='<script>'):
-    """[(block, message)] for every carried block that is missing or differs from the reference."""
-    ref, own = parse(reference_text, REFERENCE), parse(script_text, script)
+def defined_twice(text, where='<text>'):
+    """Messages for every top-level function or class name that text defines more than once."""
+    seen, problems = {}, []
+    for node in ast.parse(text, where).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if node.name in seen:
+                problems.append(f'{where}:{node.lineno}: {node.name!r} is defined twice (first at line '
+                                f'{seen[node.name]}); the later definition silently replaces the earlier')
+            seen.setdefault(node.name, node.lineno)
+    return problems
+
+
+def drift(script_text, references, carried, script='<script>'):
+    """[(block, message)] for every listed block that is missing or differs from its reference, and
+    every block the script carries but is not listed for. references: {block: reference text}."""
+    own = parse(script_text, script)
     problems = []
     for name in carried:
         if name not in own:
             problems.append((name, f'{script} lacks the shared block {name!r}'))
-        elif own[name] != ref[name]:
-            diff = ''.join(list(difflib.unified_diff(ref[name].splitlines(True), own[name].splitlines(True),
-                                                     f'{REFERENCE} [{name}]', f'{script} [{name}]', n=1))[:40])
-            problems.append((name, f'{script}: shared block {name!r} differs from {REFERENCE}:\n{diff}'))
-    for name in sorted(set(own) - set(ref)):
-        problems.append((name, f'{script} has a shared block {name!r} that {REFERENCE} does not define'))
+            continue
+        ref = parse(references[name], REFERENCE[name])[name]
+        if own[name] != ref:
+            diff = ''.join(list(difflib.unified_diff(ref.splitlines(True), own[name].splitlines(True),
+                                                     f'{REFERENCE[name]} [{name}]', f'{script} [{name}]', n=1))[:40])
+            problems.append((name, f'{script}: shared block {name!r} differs from {REFERENCE[name]}:\n{diff}'))
+    for name in sorted(set(own) - set(carried)):
+        known = 'is not listed for it in tools/shared_blocks.py CARRIED' if name in REFERENCE else \
+            'that no reference script defines (tools/shared_blocks.py REFERENCE)'
+        problems.append((name, f'{script} carries a shared block {name!r} {known}'))
     return problems
 
 
-def replace_blocks(script_text, reference_text, carried):
-    """script_text with each carried block replaced by the reference's text."""
-    ref = parse(reference_text, REFERENCE)
+def replace_blocks(script_text, references, carried):
+    """script_text with each carried block replaced by its reference's text."""
     for name in carried:
+        ref = parse(references[name], REFERENCE[name])[name]
         pattern = re.compile(rf'(^#=== shared: {re.escape(name)}\n).*?(^#=== end shared: {re.escape(name)}$)',
                              re.S | re.M)
-        script_text, n = pattern.subn(lambda m: m.group(1) + ref[name] + m.group(2), script_text)
+        script_text, n = pattern.subn(lambda m: m.group(1) + ref + m.group(2), script_text)
         if n != 1:
             raise MarkerError(f'cannot find block {name!r} to replace')
     return script_text
 
 
+def project_scripts(repo=REPO):
+    """Every standalone script of the project, relative to the repository root."""
+    return sorted({str(p.relative_to(repo)) for pattern in SCRIPT_GLOBS for p in repo.glob(pattern)})
+
+
+def problems(repo=REPO, carried=CARRIED):
+    """Every problem `check` reports, as messages."""
+    out = []
+    for script in project_scripts(repo):
+        if script not in carried:
+            out.append(f'{script} is not listed in tools/shared_blocks.py CARRIED: list the shared blocks it carries')
+    references = {}
+    for name, script in REFERENCE.items():
+        path = repo / script
+        references[name] = path.read_text() if path.exists() else ''
+    for script, blocks in carried.items():
+        path = repo / script
+        if not path.exists():
+            out.append(f'{script} is listed in tools/shared_blocks.py CARRIED but does not exist')
+            continue
+        text = path.read_text()
+        try:
+            out += [message for _, message in drift(text, references, blocks, script)]
+        except MarkerError as e:
+            out.append(str(e))
+        out += defined_twice(text, script)
+    return out
+
+
 def main(argv):
     if argv not in (['check'], ['sync']):
         sys.exit(__doc__)
-    reference = (REPO / REFERENCE).read_text()
-    bad = 0
-    for script, carried in CARRIED.items():
-        path = REPO / script
-        if not path.exists():
-            continue
-        text = path.read_text()
-        if argv == ['sync']:
-            new = replace_blocks(text, reference, carried)
+    if argv == ['sync']:
+        references = {name: (REPO / script).read_text() for name, script in REFERENCE.items()}
+        for script, blocks in CARRIED.items():
+            path = REPO / script
+            if not path.exists():
+                continue
+            text = path.read_text()
+            new = replace_blocks(text, references, [b for b in blocks if REFERENCE[b] != script])
             if new != text:
                 path.write_text(new)
                 print(f'updated {script}')
-        for _, message in drift(path.read_text(), reference, carried, script):
-            print(message)
-            bad += 1
-    sys.exit(1 if bad else 0)
+    found = problems()
+    for message in found:
+        print(message)
+    sys.exit(1 if found else 0)
 
 
 if __name__ == '__main__':

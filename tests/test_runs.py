@@ -1,0 +1,75 @@
+"""Every script, end to end: a run never depends on the runs before it in the same invocation, and
+a non-finite loss stops the invocation naming its exact step, keeping the finished runs."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, TINY, log_dir_of, no_traceback, read_log
+
+SCRIPTS = ['airbench94', 'airbench94_compiled', 'airbench95', 'airbench96', 'airbench94_muon', 'airbench96_faster']
+# TINY trains 3 epochs of 10 steps; the whitening bias freezes after the first, so every run
+# (the warmup included) ends with it frozen and the next run must unfreeze it.
+FAST = {name: [*TINY, '--set', 'opt.whiten_bias_epochs=1'] for name in SCRIPTS}
+FAST['airbench96_faster'] += ['--set', 'opt.batch_size_masked=100', '--set', 'proxy.widths.block1=8']
+
+
+def invoke(name, *args, cifar_dir, tmp_path, prelude=''):
+    """Runs the script as `python script.py args`, after executing `prelude` in the same process."""
+    code = ('import runpy, sys\n' + prelude +
+            f'sys.argv = [{str(REPO / f"{name}.py")!r}] + sys.argv[1:]\n'
+            'runpy.run_path(sys.argv[0], run_name="__main__")\n')
+    cmd = [sys.executable, '-c', code, '--data-dir', cifar_dir, '--log-dir', str(tmp_path), *FAST[name], *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+
+
+def fingerprint(run):
+    return {'seed': run['seed'], 'steps': run['steps'], 'tta_val_acc': run['tta_val_acc'], 'val_acc': run['val_acc'],
+            'epochs': [(e['train_loss'], e['train_acc'], e['val_acc']) for e in run['epochs']]}
+
+
+@pytest.mark.parametrize('name', SCRIPTS)
+def test_run_k_equals_run_1_of_the_seed_k_minus_1(name, cifar_dir, tmp_path):
+    """Run 2 of `--seed 10 --runs 2` (after the warmup and run 1) is run 1 of `--seed 11 --runs 1`:
+    both use seed 12."""
+    many = invoke(name, '--seed', '10', '--runs', '2', cifar_dir=cifar_dir, tmp_path=tmp_path)
+    one = invoke(name, '--seed', '11', '--runs', '1', '--no-warmup', cifar_dir=cifar_dir, tmp_path=tmp_path)
+    for proc in (many, one):
+        no_traceback(proc)
+        assert proc.returncode == 0, proc.stderr
+    runs = read_log(log_dir_of(many.stdout))['runs']
+    alone = read_log(log_dir_of(one.stdout))['runs'][0]
+    assert [r['seed'] for r in runs] == [11, 12] and alone['seed'] == 12  # run k uses seed S + k
+    assert fingerprint(runs[1]) == fingerprint(alone)
+    assert fingerprint(runs[0])['epochs'] != fingerprint(alone)['epochs']  # another seed is another run
+
+
+# Makes the k-th training loss of the invocation (summed losses only, not the proxy's per-example
+# ones nor the FLOPs count's on the meta device) NaN.
+INJECT_NAN = '''import torch, torch.nn.functional as F
+_real, _calls = F.cross_entropy, [0]
+def _cross_entropy(input, *args, **kwargs):
+    out = _real(input, *args, **kwargs)
+    if input.device.type != 'meta' and kwargs.get('reduction') == 'sum':
+        _calls[0] += 1
+        if _calls[0] == {k}:
+            return out * float('nan')
+    return out
+F.cross_entropy = _cross_entropy
+'''
+
+
+@pytest.mark.parametrize('name', SCRIPTS)
+def test_a_nan_loss_names_its_step_and_keeps_the_finished_runs(name, cifar_dir, tmp_path):
+    # run 1: steps 1-30; run 2 gets the NaN at its step 13 (in its second epoch)
+    proc = invoke(name, '--seed', '0', '--runs', '3', '--no-warmup', cifar_dir=cifar_dir, tmp_path=tmp_path,
+                  prelude=INJECT_NAN.replace('{k}', str(30 + 13)))
+    no_traceback(proc)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and 'NaN or infinite at step 13 of 30' in lines[0] and 'run 2' in lines[0], lines
+    log = read_log(log_dir_of(proc.stdout))
+    assert log['status'] == 'diverged' and 'step 13 of 30' in log['message']
+    assert [r['run'] for r in log['runs']] == [1] and log['runs'][0]['steps'] == 30
