@@ -31,6 +31,11 @@ Run:
 Needs: torch; numpy to read the official CIFAR-10 files; torchvision only to download them.
 Data: --data-dir DIR, else $AIRBENCH_DATA, else ./cifar10 (README.md, "Data").
 Results: README.md, "Results"; every figure of ours there names its log in logs/.
+
+Layout: the method first (hyperparameters, loader, network, whitening, lookahead, evaluation,
+training), then one banner and the harness (errors, device and timer, data files, logging,
+command line, driver), the same text in every script. "#=== shared: NAME" marks a block that
+other scripts carry verbatim; tools/shared_blocks.py keeps the copies identical.
 """
 
 import argparse
@@ -60,7 +65,7 @@ from torch import nn
 #              Hyperparameters              #
 #############################################
 
-# The optimizer's lr, momentum and weight decay are decoupled (see train()):
+# The optimizer's lr, momentum and weight decay are decoupled (see decoupled_hyperparameters()):
 # changing one does not change the step size or decay strength set by the others.
 hyp = {
     'opt': {
@@ -118,323 +123,8 @@ def check_hyp(hyp):
     require(n['tta_level'] in (0, 1, 2), 'net.tta_level', n['tta_level'], 'must be 0, 1 or 2')
 
 #############################################
-#           Errors, device, timing          #
+#       Data loading and augmentation       #
 #############################################
-
-#=== shared: errors
-class UserError(Exception):
-    """Bad input (flags, data, paths): reported as one sentence, exit status 2."""
-
-
-class TrainingDiverged(Exception):
-    """The training loss became NaN or infinite: reported with its step, exit status 1."""
-
-
-def require(ok, key, value, rule):
-    if not ok:
-        raise UserError(f'--set {key}={value!r} is out of range: it {rule}')
-
-
-def entry(main):
-    """Runs main() as a command: no tracebacks for the failures a user can cause."""
-    prog = os.path.basename(sys.argv[0])
-    try:
-        main()
-    except UserError as e:
-        print(f'{prog}: error: {e}', file=sys.stderr)
-        sys.exit(2)
-    except TrainingDiverged as e:
-        print(f'{prog}: {e}', file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print(f'{prog}: interrupted; the log keeps every finished run', file=sys.stderr)
-        sys.exit(130)
-#=== end shared: errors
-
-#=== shared: device
-class Device:
-    """The accelerator and its number formats, resolved once from --device.
-
-    cuda: the paper's record path: fp16 weights and activations, BatchNorm in fp32,
-          channels_last, cudnn.benchmark, CUDA-event timing.
-    cpu:  fp32 weights, bf16 autocast around the forward pass only (autocast around
-          backward and the optimizer step too stalled learning at chance), loss in
-          fp32, channels_last, perf_counter timing.
-    mps:  fp32 weights, fp16 autocast around the forward pass, contiguous layout,
-          perf_counter timing after torch.mps.synchronize().
-    """
-
-    def __init__(self, name='auto'):
-        if name == 'auto':
-            name = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-        if name == 'cuda' and not torch.cuda.is_available():
-            raise UserError('--device cuda was asked for, but this torch build sees no CUDA GPU: use --device auto or cpu')
-        if name == 'mps' and not torch.backends.mps.is_available():
-            raise UserError('--device mps was asked for, but MPS is not available here: use --device auto or cpu')
-        self.type = name
-        self.torch_device = torch.device(name)
-        self.memory_format = torch.contiguous_format if name == 'mps' else torch.channels_last
-        self.note = ''
-        if name == 'cuda':
-            torch.backends.cudnn.benchmark = True
-            self.model_dtype = self.data_dtype = torch.float16
-            self.autocast_dtype = None
-        elif name == 'mps':
-            self.model_dtype = self.data_dtype = torch.float32
-            self.autocast_dtype = torch.float16
-        else:
-            self.model_dtype = self.data_dtype = torch.float32
-            self.autocast_dtype = torch.bfloat16 if torch.backends.mkldnn.is_available() and \
-                torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-            if self.autocast_dtype is None:
-                self.note = 'this CPU has no fast bf16, so it trains in fp32 (slower)'
-
-    def prepare(self, net):
-        """Moves a freshly built net to the device in its training formats."""
-        net = net.to(self.torch_device).to(self.model_dtype).to(memory_format=self.memory_format)
-        for module in net.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.float()
-        return net
-
-    def autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.type, dtype=self.autocast_dtype)
-
-    def synchronize(self):
-        if self.type == 'cuda':
-            torch.cuda.synchronize()
-        elif self.type == 'mps':
-            torch.mps.synchronize()
-
-    def start_clock(self):
-        if self.type == 'cuda':
-            start = torch.cuda.Event(enable_timing=True)
-            start.record()
-            return start
-        self.synchronize()
-        return time.perf_counter()
-
-    def read_clock(self, start):
-        """Seconds since start_clock(), after all queued work has finished."""
-        if self.type == 'cuda':
-            end = torch.cuda.Event(enable_timing=True)
-            end.record()
-            torch.cuda.synchronize()
-            return 1e-3 * start.elapsed_time(end)
-        self.synchronize()
-        return time.perf_counter() - start
-
-    def describe(self):
-        info = {'device': self.type, 'model_dtype': str(self.model_dtype).replace('torch.', ''),
-                'autocast_dtype': str(self.autocast_dtype).replace('torch.', '') if self.autocast_dtype else None,
-                'torch': str(torch.__version__), 'cuda': torch.version.cuda, 'gpu': None, 'nvidia_smi': None,
-                'cpu': platform.processor() or platform.machine(), 'threads': torch.get_num_threads(),
-                'python': platform.python_version()}
-        if self.type == 'cuda':
-            info['gpu'] = torch.cuda.get_device_name()
-            with contextlib.suppress(OSError, subprocess.SubprocessError):
-                info['nvidia_smi'] = subprocess.run(['nvidia-smi'], capture_output=True, text=True, timeout=10).stdout
-        return info
-
-    def summary(self):
-        precision = f'{self.model_dtype} weights'.replace('torch.', '')
-        if self.autocast_dtype is not None:
-            precision += f', {self.autocast_dtype} autocast forward'.replace('torch.', '')
-        where = torch.cuda.get_device_name() if self.type == 'cuda' else platform.processor() or platform.machine()
-        return f'{self.type} ({where}; {precision})' + (f'; note: {self.note}' if self.note else '')
-
-
-class Timer:
-    """Sums the seconds spent inside `with timer:` blocks; everything else is untimed."""
-
-    def __init__(self, dev):
-        self.dev, self.seconds = dev, 0.0
-
-    def __enter__(self):
-        self.start = self.dev.start_clock()
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds += self.dev.read_clock(self.start)
-#=== end shared: device
-
-#############################################
-#                    Data                   #
-#############################################
-
-#=== shared: data-files
-NUM_CLASSES = 10
-CIFAR_FILES = ['data_batch_%d' % i for i in range(1, 6)] + ['test_batch']
-
-
-def atomic_write(path, write):
-    """write(tmp_path) then rename over path, so readers never see a half-written file."""
-    tmp = f'{path}.tmp-{os.getpid()}'
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-
-
-def check_split(split, where):
-    """Raises UserError unless split holds uint8 NHWC 32x32x3 images and matching labels in range."""
-    images, labels = split.get('images'), split.get('labels')
-    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
-        raise UserError(f'{where} does not hold image and label tensors: delete it and it will be rebuilt')
-    if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != (32, 32, 3) or len(images) == 0:
-        raise UserError(f'{where} holds images of shape {tuple(images.shape)} and dtype {images.dtype}, '
-                        'expected (N, 32, 32, 3) uint8: rebuild it from the official CIFAR-10 files')
-    if labels.dtype != torch.int64 or tuple(labels.shape) != (len(images),):
-        raise UserError(f'{where} holds labels of shape {tuple(labels.shape)} and dtype {labels.dtype}, '
-                        f'expected ({len(images)},) int64: rebuild it from the official CIFAR-10 files')
-    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
-        raise UserError(f'{where} has labels outside 0..{NUM_CLASSES - 1} (found {labels.min()}..{labels.max()}): '
-                        'it is not CIFAR-10')
-    return split
-
-
-def read_cache(path):
-    try:
-        split = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise UserError(f'{path} is not a readable CIFAR-10 cache ({type(e).__name__}; truncated or corrupt?): '
-                        'delete it and it will be rebuilt from the official files') from None
-    if not isinstance(split, dict):
-        raise UserError(f'{path} is not a CIFAR-10 cache: delete it and it will be rebuilt')
-    return check_split(split, path)
-
-
-def read_official(folder):
-    """Parses the official python layout (pickled dicts of numpy arrays) without torchvision."""
-    batches = {}
-    for name in CIFAR_FILES + ['batches.meta']:
-        path = os.path.join(folder, name)
-        if not os.path.isfile(path):
-            raise UserError(f'{path} is missing: {folder} is not a complete CIFAR-10 python folder; '
-                            'delete it and extract cifar-10-python.tar.gz again')
-        try:
-            with open(path, 'rb') as f:
-                batches[name] = pickle.load(f, encoding='bytes')
-        except ModuleNotFoundError:
-            raise UserError(f'reading {path} needs numpy, which is not installed: pip install numpy') from None
-        except Exception as e:
-            raise UserError(f'{path} cannot be read ({type(e).__name__}; truncated or corrupt?): '
-                            f'delete {folder} and extract cifar-10-python.tar.gz again') from None
-    splits = {}
-    for split, names in (('train', CIFAR_FILES[:5]), ('test', CIFAR_FILES[5:])):
-        images, labels = [], []
-        for name in names:
-            batch, path = batches[name], os.path.join(folder, name)
-            data = batch.get(b'data') if isinstance(batch, dict) else None
-            if getattr(data, 'dtype', None) != 'uint8' or getattr(data, 'ndim', 0) != 2 or data.shape[1] != 3072:
-                raise UserError(f'{path} does not hold CIFAR-10 images (expected a uint8 array of shape (N, 3072), '
-                                f'found {type(data).__name__} {getattr(data, "dtype", "")} {getattr(data, "shape", "")})')
-            images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()))
-            try:
-                labels.append(torch.tensor(batch[b'labels'], dtype=torch.int64))
-            except Exception:
-                raise UserError(f'{path} has no usable list of integer labels: it is not a CIFAR-10 batch') from None
-            if len(labels[-1]) != len(images[-1]):
-                raise UserError(f'{path} has {len(images[-1])} images but {len(labels[-1])} labels')
-        meta = batches['batches.meta']
-        classes = [c.decode() for c in meta.get(b'label_names', [])] if isinstance(meta, dict) else []
-        if len(classes) != NUM_CLASSES:
-            raise UserError(f'{os.path.join(folder, "batches.meta")} does not list {NUM_CLASSES} class names')
-        splits[split] = check_split({'images': torch.cat(images), 'labels': torch.cat(labels), 'classes': classes},
-                                    os.path.join(folder, names[0]))
-    return splits
-
-
-def extract_archive(archive, data_dir):
-    """Extracts cifar-10-batches-py/ from the official archive, atomically (temp folder + rename)."""
-    tmp = tempfile.mkdtemp(prefix='.extract-', dir=data_dir)
-    try:
-        with tarfile.open(archive, 'r:gz') as tar:
-            members = [m for m in tar.getmembers() if m.name.startswith('cifar-10-batches-py/') and m.isfile()
-                       and '..' not in m.name.split('/')]
-            safe = {'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}  # Python >= 3.11.4
-            tar.extractall(tmp, members=members, **safe)
-        if not os.path.isdir(os.path.join(tmp, 'cifar-10-batches-py')):
-            raise UserError(f'{archive} holds no cifar-10-batches-py/ folder: it is not the CIFAR-10 python archive')
-        os.replace(os.path.join(tmp, 'cifar-10-batches-py'), os.path.join(data_dir, 'cifar-10-batches-py'))
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise UserError(f'{archive} cannot be extracted ({type(e).__name__}; truncated or corrupt?): '
-                        'delete it and download it again') from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def download(data_dir):
-    """Downloads the official archive through torchvision (imported only here), atomically."""
-    try:
-        import torchvision
-    except ImportError:
-        raise UserError(f'no CIFAR-10 in {data_dir} (looked for train.pt/test.pt, cifar-10-batches-py/ and '
-                        'cifar-10-python.tar.gz) and torchvision, used only to download it, is not installed: '
-                        'pip install torchvision, or point --data-dir (or AIRBENCH_DATA) at a folder with CIFAR-10') from None
-    try:
-        os.makedirs(data_dir, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix='.download-', dir=data_dir)
-    except OSError as e:
-        raise UserError(f'--data-dir {data_dir} cannot be created or written ({e.strerror}): '
-                        'point it at a writable folder') from None
-    try:
-        print(f'downloading CIFAR-10 into {data_dir} ...')
-        torchvision.datasets.CIFAR10(tmp, train=True, download=True)
-        for name in ('cifar-10-python.tar.gz', 'cifar-10-batches-py'):
-            os.replace(os.path.join(tmp, name), os.path.join(data_dir, name))
-    except Exception as e:
-        raise UserError(f'no CIFAR-10 in {data_dir} and downloading it failed ({type(e).__name__}: {e}): '
-                        'check the network, or put cifar-10-python.tar.gz there yourself') from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def load_cifar10(data_dir):
-    """Returns ({'train': split, 'test': split}, source): a split is a dict of uint8 NHWC `images`,
-    int64 `labels` and `classes`. Looks for, in order: the cache train.pt/test.pt, the official
-    cifar-10-batches-py/ folder, the official cifar-10-python.tar.gz, and finally downloads."""
-    caches = {s: os.path.join(data_dir, f'{s}.pt') for s in ('train', 'test')}
-    if all(os.path.isfile(p) for p in caches.values()):
-        return {s: read_cache(p) for s, p in caches.items()}, 'cache'
-    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
-        raise UserError(f'--data-dir {data_dir} is a file, not a folder: point it at the folder holding CIFAR-10')
-    folder = os.path.join(data_dir, 'cifar-10-batches-py')
-    archive = os.path.join(data_dir, 'cifar-10-python.tar.gz')
-    source = 'official pickles'
-    if not os.path.isdir(folder):
-        if os.path.isfile(archive):
-            extract_archive(archive, data_dir)
-            source = 'official archive'
-        else:
-            download(data_dir)
-            source = 'download'
-    splits = read_official(folder)
-    try:
-        write_cache(splits, caches)
-    except OSError as e:
-        print(f'note: could not write the cache in {data_dir} ({e.strerror}); reading the pickles again next time')
-    return splits, source
-
-
-def write_cache(splits, paths):
-    """Writes train.pt and test.pt, each atomically, and both or neither: whatever stops the
-    writing (a full disk, Ctrl-C) removes the file already written, so no half cache is left."""
-    written = []
-    try:
-        for split, path in paths.items():
-            atomic_write(path, lambda tmp: torch.save(splits[split], tmp))
-            written.append(path)
-    except BaseException:
-        for path in written:
-            with contextlib.suppress(OSError):
-                os.remove(path)
-        raise
-#=== end shared: data-files
 
 #=== shared: loader
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -616,7 +306,7 @@ def make_net(hyp):
     return net
 
 #############################################
-#         Whitening conv initialization     #
+#       Whitening conv initialization       #
 #############################################
 
 #=== shared: whitening
@@ -665,7 +355,7 @@ class LookaheadState:
 #=== end shared: lookahead
 
 #############################################
-#            Evaluation and TTA             #
+#             Evaluation and TTA            #
 #############################################
 
 #=== shared: tta
@@ -700,127 +390,7 @@ def evaluate(model, loader, tta_level):
 #=== end shared: tta
 
 #############################################
-#                  Logging                  #
-#############################################
-
-#=== shared: logging
-COLUMNS = ('run', 'epoch', 'train_loss', 'train_acc', 'val_acc', 'tta_val_acc', 'time_seconds')
-
-
-def print_row(cells, rule_before=False, rule_after=False):
-    """One fixed-width row of the per-epoch table; cells maps column names to values."""
-    unknown = set(cells) - set(COLUMNS)
-    assert not unknown, unknown
-    def fmt(value):
-        return '' if value is None else f'{value:.4f}' if isinstance(value, float) else str(value)
-    line = '| ' + ' | '.join(fmt(cells.get(c)).rjust(max(len(c), 6)) for c in COLUMNS) + ' |'
-    rule = '-' * len(line)
-    print('\n'.join(([rule] if rule_before else []) + [line] + ([rule] if rule_after else [])), flush=True)
-
-
-def print_head():
-    print_row({c: c for c in COLUMNS}, rule_before=True, rule_after=True)
-
-
-def t_quantile_975(df):
-    """The 97.5% quantile of Student's t with integer df (exact: Abramowitz & Stegun 26.7.3-4
-    for P(|T| < t), solved by bisection)."""
-    def two_sided(t):
-        theta = math.atan(t / math.sqrt(df))
-        c2, series, term = math.cos(theta)**2, 1.0, 1.0
-        if df % 2:
-            for k in range(1, (df - 1) // 2):
-                term *= c2 * 2 * k / (2 * k + 1)
-                series += term
-            return 2 / math.pi * (theta + (math.sin(theta) * math.cos(theta) * series if df > 1 else 0))
-        for k in range(1, df // 2):
-            term *= c2 * (2 * k - 1) / (2 * k)
-            series += term
-        return math.sin(theta) * series
-    lo, hi = 0.0, 100.0
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if two_sided(mid) < 0.95 else (lo, mid)
-    return (lo + hi) / 2
-
-
-def summarize(accs):
-    """Mean, sample std, n and the 95% confidence interval of the mean."""
-    n = len(accs)
-    if n == 0:
-        return {'n': 0, 'mean': None, 'std': None, 'ci95': None}
-    mean = sum(accs) / n
-    if n == 1:
-        return {'n': 1, 'mean': mean, 'std': None, 'ci95': None}
-    std = math.sqrt(sum((a - mean)**2 for a in accs) / (n - 1))
-    half = t_quantile_975(n - 1) * std / math.sqrt(n)
-    return {'n': n, 'mean': mean, 'std': std, 'ci95': [mean - half, mean + half]}
-
-
-def summary_line(runs):
-    s = summarize([r['tta_val_acc'] for r in runs])
-    if s['n'] == 0:
-        return 'no run finished'
-    std = 'n/a' if s['std'] is None else f"{s['std']:.4f}"
-    line = f"Mean: {s['mean']:.4f}    Std: {std}    n: {s['n']}"
-    if s['ci95']:
-        line += f"    95% CI of the mean: [{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}]"
-    seconds = sum(r['time_seconds'] for r in runs) / len(runs)
-    return line + f'    time per run: {seconds:.2f} s'
-
-
-def count_flops(fn):
-    """FLOPs of fn() as counted by torch.utils.flop_counter (matmuls and convolutions)."""
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
-
-
-class RunLog:
-    """logs/<script>-<YYYYmmdd-HHMMSS>-<uuid8>/ with log.json (results, config, environment)
-    and log.pt (the same plus the script's source `code` and the TTA accuracies `accs`),
-    both rewritten atomically after every run."""
-
-    def __init__(self, log_dir, script, code, config):
-        name = f"{script}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        self.dir = os.path.join(log_dir, name)
-        self.code = code
-        self.record = {'script': script, 'status': 'running', 'started': time.strftime('%Y-%m-%d %H:%M:%S'),
-                       **config, 'runs': [], 'summary': summarize([])}
-        try:
-            os.makedirs(self.dir)
-            self.write()
-        except OSError as e:
-            raise UserError(f'cannot write logs under --log-dir {log_dir} ({e.strerror or e}): '
-                            'pass a writable folder') from None
-
-    def write(self):
-        accs = [r['tta_val_acc'] for r in self.record['runs']]
-        self.record['summary'] = summarize(accs)
-        text = json.dumps(self.record, indent=1)
-
-        def write_json(tmp):
-            with open(tmp, 'w') as f:
-                f.write(text)
-        atomic_write(os.path.join(self.dir, 'log.json'), write_json)
-        full = {**self.record, 'code': self.code, 'accs': torch.tensor(accs, dtype=torch.float64)}
-        atomic_write(os.path.join(self.dir, 'log.pt'), lambda tmp: torch.save(full, tmp))
-
-    def add_run(self, result):
-        self.record['runs'].append(result)
-        self.write()
-
-    def finish(self, status, message=None):
-        self.record['status'] = status
-        self.record['finished'] = time.strftime('%Y-%m-%d %H:%M:%S')
-        if message:
-            self.record['message'] = message
-        self.write()
-#=== end shared: logging
-
-#############################################
-#                 Training                  #
+#                  Training                 #
 #############################################
 
 #=== shared: steps
@@ -979,8 +549,405 @@ def flops_per_run(hyp, n_train, n_test):
     return bias_steps * flops[0] + (total_steps - bias_steps) * flops[1] + tta
 
 #############################################
-#                    Main                   #
+#      Harness: the same in every script    #
 #############################################
+# Everything below this banner is the harness, not the method: errors, device and timer, data
+# files, logging and statistics, command line, and the driver that runs the invocation. It is
+# the same text in every script, block by block (tools/shared_blocks.py checks it), so it needs
+# reading once; only main() at the very end is the script's own.
+
+#=== shared: errors
+class UserError(Exception):
+    """Bad input (flags, data, paths): reported as one sentence, exit status 2."""
+
+
+class TrainingDiverged(Exception):
+    """The training loss became NaN or infinite: reported with its step, exit status 1."""
+
+
+def require(ok, key, value, rule):
+    if not ok:
+        raise UserError(f'--set {key}={value!r} is out of range: it {rule}')
+
+
+def entry(main):
+    """Runs main() as a command: no tracebacks for the failures a user can cause."""
+    prog = os.path.basename(sys.argv[0])
+    try:
+        main()
+    except UserError as e:
+        print(f'{prog}: error: {e}', file=sys.stderr)
+        sys.exit(2)
+    except TrainingDiverged as e:
+        print(f'{prog}: {e}', file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f'{prog}: interrupted; the log keeps every finished run', file=sys.stderr)
+        sys.exit(130)
+#=== end shared: errors
+
+#=== shared: device
+class Device:
+    """The accelerator and its number formats, resolved once from --device. cuda (the record
+    path): fp16 weights and activations, BatchNorm in fp32, channels_last, cudnn.benchmark, CUDA
+    events. cpu: fp32 weights, bf16 autocast around the forward pass only (around backward and
+    the optimizer step too, learning stalled at chance), channels_last; fp32 throughout without
+    fast bf16. mps: fp32 weights, fp16 autocast forward, contiguous layout. Off CUDA the clock is
+    perf_counter, read after the device has finished its queued work."""
+
+    def __init__(self, name='auto'):
+        available = {'cuda': torch.cuda.is_available(), 'mps': torch.backends.mps.is_available(), 'cpu': True}
+        if name == 'auto':
+            name = next(n for n in ('cuda', 'mps', 'cpu') if available[n])
+        if not available[name]:
+            raise UserError(f'--device {name} was asked for, but this machine and torch build have no '
+                            f'{name.upper()}: use --device auto or cpu')
+        self.type, self.torch_device, self.note = name, torch.device(name), ''
+        self.memory_format = torch.contiguous_format if name == 'mps' else torch.channels_last
+        self.model_dtype = self.data_dtype = torch.float16 if name == 'cuda' else torch.float32
+        self.autocast_dtype = {'cuda': None, 'mps': torch.float16}.get(name, torch.bfloat16)
+        if name == 'cuda':
+            torch.backends.cudnn.benchmark = True
+        elif name == 'cpu' and not (torch.backends.mkldnn.is_available()
+                                    and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            self.autocast_dtype, self.note = None, 'this CPU has no fast bf16, so it trains in fp32 (slower)'
+
+    def prepare(self, net):
+        """Moves a freshly built net to the device in its training formats (BatchNorm in fp32)."""
+        net = net.to(self.torch_device).to(self.model_dtype).to(memory_format=self.memory_format)
+        for module in net.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.float()
+        return net
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.type, dtype=self.autocast_dtype)
+
+    def start_clock(self):
+        if self.type != 'cuda':
+            return self.read_clock(0.0)
+        start = torch.cuda.Event(enable_timing=True)
+        start.record()
+        return start
+
+    def read_clock(self, start):
+        """Seconds since start_clock(), after all queued work has finished."""
+        if self.type == 'cuda':
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            torch.cuda.synchronize()
+            return 1e-3 * start.elapsed_time(end)
+        if self.type == 'mps':
+            torch.mps.synchronize()
+        return time.perf_counter() - start
+
+    def describe(self):
+        """The environment, for the log; 'summary' is its one-line form."""
+        model, autocast = (str(t).replace('torch.', '') if t else None for t in (self.model_dtype, self.autocast_dtype))
+        info = {'device': self.type, 'model_dtype': model, 'autocast_dtype': autocast, 'torch': str(torch.__version__),
+                'cuda': torch.version.cuda, 'gpu': None, 'nvidia_smi': None, 'python': platform.python_version(),
+                'cpu': platform.processor() or platform.machine(), 'threads': torch.get_num_threads()}
+        if self.type == 'cuda':
+            info['gpu'] = torch.cuda.get_device_name(self.torch_device)
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                info['nvidia_smi'] = subprocess.run(['nvidia-smi'], capture_output=True, text=True, timeout=10).stdout
+        info['summary'] = (f"{self.type} ({info['gpu'] or info['cpu']}; {model} weights"
+                           + (f', {autocast} autocast forward)' if autocast else ')') + (f'; note: {self.note}' * bool(self.note)))
+        return info
+
+
+class Timer:
+    """Sums the seconds spent inside `with timer:` blocks; everything else is untimed."""
+
+    def __init__(self, dev):
+        self.dev, self.seconds = dev, 0.0
+
+    def __enter__(self):
+        self.start = self.dev.start_clock()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds += self.dev.read_clock(self.start)
+#=== end shared: device
+
+#=== shared: data-files
+NUM_CLASSES = 10
+CIFAR_FILES = ['data_batch_%d' % i for i in range(1, 6)] + ['test_batch']
+
+
+def atomic_write(path, write):
+    """write(tmp_path) then rename over path, so readers never see a half-written file."""
+    tmp = f'{path}.tmp-{os.getpid()}'
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def check_split(split, where):
+    """The split, if it holds uint8 NHWC 32x32x3 images and int64 labels in range; else UserError."""
+    images, labels, rebuild = split.get('images'), split.get('labels'), 'rebuild it from the official CIFAR-10 files'
+    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise UserError(f'{where} does not hold image and label tensors: delete it and it will be rebuilt')
+    if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != (32, 32, 3) or len(images) == 0:
+        raise UserError(f'{where} holds images of shape {tuple(images.shape)} and dtype {images.dtype}, '
+                        f'expected (N, 32, 32, 3) uint8: {rebuild}')
+    if labels.dtype != torch.int64 or tuple(labels.shape) != (len(images),):
+        raise UserError(f'{where} holds labels of shape {tuple(labels.shape)} and dtype {labels.dtype}, '
+                        f'expected ({len(images)},) int64: {rebuild}')
+    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
+        raise UserError(f'{where} has labels outside 0..{NUM_CLASSES - 1} (found {labels.min()}..{labels.max()}): '
+                        'it is not CIFAR-10')
+    return split
+
+
+def read_cache(path):
+    try:
+        split = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise UserError(f'{path} is not a readable CIFAR-10 cache ({type(e).__name__}; truncated or corrupt?): '
+                        'delete it and it will be rebuilt from the official files') from None
+    return check_split(split if isinstance(split, dict) else {}, path)
+
+
+def read_official(folder):
+    """Parses the official python layout (pickled dicts of numpy arrays) without torchvision."""
+    batches = {}
+    for name in CIFAR_FILES + ['batches.meta']:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise UserError(f'{path} is missing: {folder} is not a complete CIFAR-10 python folder; '
+                            'delete it and extract cifar-10-python.tar.gz again')
+        try:
+            with open(path, 'rb') as f:
+                batches[name] = pickle.load(f, encoding='bytes')
+        except ModuleNotFoundError:
+            raise UserError(f'reading {path} needs numpy, which is not installed: pip install numpy') from None
+        except Exception as e:
+            raise UserError(f'{path} cannot be read ({type(e).__name__}; truncated or corrupt?): '
+                            f'delete {folder} and extract cifar-10-python.tar.gz again') from None
+    splits, meta = {}, batches['batches.meta']
+    classes = [c.decode() for c in meta.get(b'label_names', [])] if isinstance(meta, dict) else []
+    if len(classes) != NUM_CLASSES:
+        raise UserError(f'{os.path.join(folder, "batches.meta")} does not list {NUM_CLASSES} class names')
+    for split, names in (('train', CIFAR_FILES[:5]), ('test', CIFAR_FILES[5:])):
+        images, labels = [], []
+        for name in names:
+            batch, path = batches[name], os.path.join(folder, name)
+            data = batch.get(b'data') if isinstance(batch, dict) else None
+            if getattr(data, 'dtype', None) != 'uint8' or getattr(data, 'ndim', 0) != 2 or data.shape[1] != 3072:
+                raise UserError(f'{path} does not hold CIFAR-10 images (expected a uint8 array of shape (N, 3072), '
+                                f'found {type(data).__name__} {getattr(data, "dtype", "")} {getattr(data, "shape", "")})')
+            images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()))
+            try:
+                labels.append(torch.tensor(batch[b'labels'], dtype=torch.int64))
+            except Exception:
+                raise UserError(f'{path} has no usable list of integer labels: it is not a CIFAR-10 batch') from None
+            if len(labels[-1]) != len(images[-1]):
+                raise UserError(f'{path} has {len(images[-1])} images but {len(labels[-1])} labels')
+        splits[split] = check_split({'images': torch.cat(images), 'labels': torch.cat(labels), 'classes': classes},
+                                    os.path.join(folder, names[0]))
+    return splits
+
+
+def extract_archive(archive, data_dir):
+    """Extracts cifar-10-batches-py/ from the official archive, atomically (temp folder + rename)."""
+    tmp = tempfile.mkdtemp(prefix='.extract-', dir=data_dir)
+    try:
+        with tarfile.open(archive, 'r:gz') as tar:
+            members = [m for m in tar.getmembers() if m.name.startswith('cifar-10-batches-py/') and m.isfile()
+                       and '..' not in m.name.split('/')]
+            safe = {'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}  # Python >= 3.11.4
+            tar.extractall(tmp, members=members, **safe)
+        if not os.path.isdir(os.path.join(tmp, 'cifar-10-batches-py')):
+            raise UserError(f'{archive} holds no cifar-10-batches-py/ folder: it is not the CIFAR-10 python archive')
+        os.replace(os.path.join(tmp, 'cifar-10-batches-py'), os.path.join(data_dir, 'cifar-10-batches-py'))
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise UserError(f'{archive} cannot be extracted ({type(e).__name__}; truncated or corrupt?): '
+                        'delete it and download it again') from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def download(data_dir):
+    """Downloads the official archive through torchvision (imported only here), atomically."""
+    try:
+        import torchvision
+    except ImportError:
+        raise UserError(f'no CIFAR-10 in {data_dir} (looked for train.pt/test.pt, cifar-10-batches-py/ and '
+                        'cifar-10-python.tar.gz) and torchvision, used only to download it, is not installed: '
+                        'pip install torchvision, or point --data-dir (or AIRBENCH_DATA) at a folder with CIFAR-10') from None
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix='.download-', dir=data_dir)
+    except OSError as e:
+        raise UserError(f'--data-dir {data_dir} cannot be created or written ({e.strerror}): '
+                        'point it at a writable folder') from None
+    try:
+        print(f'downloading CIFAR-10 into {data_dir} ...')
+        torchvision.datasets.CIFAR10(tmp, train=True, download=True)
+        for name in ('cifar-10-python.tar.gz', 'cifar-10-batches-py'):
+            os.replace(os.path.join(tmp, name), os.path.join(data_dir, name))
+    except Exception as e:
+        raise UserError(f'no CIFAR-10 in {data_dir} and downloading it failed ({type(e).__name__}: {e}): '
+                        'check the network, or put cifar-10-python.tar.gz there yourself') from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_cache(splits, paths):
+    """Writes train.pt and test.pt, each atomically, and both or neither: whatever stops the
+    writing (a full disk, Ctrl-C) removes the file already written, so no half cache is left."""
+    written = []
+    try:
+        for split, path in paths.items():
+            atomic_write(path, lambda tmp: torch.save(splits[split], tmp))
+            written.append(path)
+    except BaseException:
+        for path in written:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        raise
+
+
+def load_cifar10(data_dir):
+    """Returns ({'train': split, 'test': split}, source): a split is a dict of uint8 NHWC `images`,
+    int64 `labels` and `classes`. Looks for, in order: the cache train.pt/test.pt, the official
+    cifar-10-batches-py/ folder, the official cifar-10-python.tar.gz, and finally downloads."""
+    caches = {s: os.path.join(data_dir, f'{s}.pt') for s in ('train', 'test')}
+    if all(os.path.isfile(p) for p in caches.values()):
+        return {s: read_cache(p) for s, p in caches.items()}, 'cache'
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise UserError(f'--data-dir {data_dir} is a file, not a folder: point it at the folder holding CIFAR-10')
+    folder, archive = os.path.join(data_dir, 'cifar-10-batches-py'), os.path.join(data_dir, 'cifar-10-python.tar.gz')
+    source = 'official pickles'
+    if not os.path.isdir(folder):
+        if os.path.isfile(archive):
+            extract_archive(archive, data_dir)
+            source = 'official archive'
+        else:
+            download(data_dir)
+            source = 'download'
+    splits = read_official(folder)
+    try:
+        write_cache(splits, caches)
+    except OSError as e:
+        print(f'note: could not write the cache in {data_dir} ({e.strerror}); reading the pickles again next time')
+    return splits, source
+#=== end shared: data-files
+
+#=== shared: logging
+COLUMNS = ('run', 'epoch', 'train_loss', 'train_acc', 'val_acc', 'tta_val_acc', 'time_seconds')
+
+
+def print_row(cells, rule_before=False, rule_after=False):
+    """One fixed-width row of the per-epoch table; cells maps column names to values."""
+    assert set(cells) <= set(COLUMNS), set(cells) - set(COLUMNS)
+    def fmt(value):
+        return '' if value is None else f'{value:.4f}' if isinstance(value, float) else str(value)
+    line = '| ' + ' | '.join(fmt(cells.get(c)).rjust(max(len(c), 6)) for c in COLUMNS) + ' |'
+    rule = ['-' * len(line)]
+    print('\n'.join(rule * rule_before + [line] + rule * rule_after), flush=True)
+
+
+def t_cdf(t, df):
+    """P(T <= t) for Student's t with integer df >= 1 (Abramowitz & Stegun 26.7.3 and 26.7.4)."""
+    theta = math.atan(t / math.sqrt(df))
+    c2, series, term = math.cos(theta)**2, 1.0, 1.0
+    if df % 2:  # odd df: 2/pi (theta + sin cos (1 + 2/3 c2 + ...))
+        for k in range(1, (df - 1) // 2):
+            term *= c2 * 2 * k / (2 * k + 1)
+            series += term
+        inside = 2 / math.pi * (theta + (math.sin(theta) * math.cos(theta) * series if df > 1 else 0))
+    else:  # even df: sin (1 + 1/2 c2 + ...)
+        for k in range(1, df // 2):
+            term *= c2 * (2 * k - 1) / (2 * k)
+            series += term
+        inside = math.sin(theta) * series
+    return 0.5 + 0.5 * inside  # inside = P(|T| < |t|), signed like t
+
+
+def t_quantile(p, df):
+    """The p-quantile of Student's t with integer df, by bisection on t_cdf."""
+    lo, hi = -1e3, 1e3
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def summarize(accs):
+    """Mean, sample std, n and the 95% confidence interval of the mean."""
+    n = len(accs)
+    mean = sum(accs) / n if n else None
+    if n < 2:
+        return {'n': n, 'mean': mean, 'std': None, 'ci95': None}
+    std = math.sqrt(sum((a - mean)**2 for a in accs) / (n - 1))
+    half = t_quantile(0.975, n - 1) * std / math.sqrt(n)
+    return {'n': n, 'mean': mean, 'std': std, 'ci95': [mean - half, mean + half]}
+
+
+def summary_line(runs):
+    s = summarize([r['tta_val_acc'] for r in runs])
+    if s['n'] == 0:
+        return 'no run finished'
+    line = f"Mean: {s['mean']:.4f}    Std: {'n/a' if s['std'] is None else format(s['std'], '.4f')}    n: {s['n']}"
+    if s['ci95']:
+        line += f"    95% CI of the mean: [{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}]"
+    return line + f"    time per run: {sum(r['time_seconds'] for r in runs) / len(runs):.2f} s"
+
+
+def count_flops(fn):
+    """FLOPs of fn() as counted by torch.utils.flop_counter (matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+class RunLog:
+    """logs/<script>-<YYYYmmdd-HHMMSS>-<uuid8>/ with log.json (results, config, environment)
+    and log.pt (the same plus the script's source `code` and the TTA accuracies `accs`),
+    both rewritten atomically after every run."""
+
+    def __init__(self, log_dir, script, code, config):
+        self.dir = os.path.join(log_dir, f"{script}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}")
+        self.code = code
+        self.record = {'script': script, 'status': 'running', 'started': time.strftime('%Y-%m-%d %H:%M:%S'),
+                       **config, 'runs': [], 'summary': summarize([])}
+        try:
+            os.makedirs(self.dir)
+            self.write()
+        except OSError as e:
+            raise UserError(f'cannot write logs under --log-dir {log_dir} ({e.strerror or e}): '
+                            'pass a writable folder') from None
+
+    def write(self):
+        accs = [r['tta_val_acc'] for r in self.record['runs']]
+        self.record['summary'] = summarize(accs)
+        text = json.dumps(self.record, indent=1)
+
+        def write_json(tmp):
+            with open(tmp, 'w') as f:
+                f.write(text)
+        atomic_write(os.path.join(self.dir, 'log.json'), write_json)
+        full = {**self.record, 'code': self.code, 'accs': torch.tensor(accs, dtype=torch.float64)}
+        atomic_write(os.path.join(self.dir, 'log.pt'), lambda tmp: torch.save(full, tmp))
+
+    def add_run(self, result):
+        self.record['runs'].append(result)
+        self.write()
+
+    def finish(self, status, message=None):
+        self.record.update(status=status, finished=time.strftime('%Y-%m-%d %H:%M:%S'))
+        if message:
+            self.record['message'] = message
+        self.write()
+#=== end shared: logging
 
 #=== shared: cli
 def build_parser(description, default_runs, hyp):
@@ -988,13 +955,9 @@ def build_parser(description, default_runs, hyp):
                                 epilog='Exit status: 0 done, 1 training diverged, 2 bad input, 130 interrupted.')
 
     def positive_int(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f'must be a positive integer, got {text!r}') from None
-        if value < 1:
+        if not text.strip().isdigit() or int(text) < 1:
             raise argparse.ArgumentTypeError(f'must be a positive integer, got {text!r}')
-        return value
+        return int(text)
     p.add_argument('--runs', type=positive_int, default=default_runs, metavar='N',
                    help=f'number of timed training runs (default {default_runs}); mean, std and a 95%% '
                         'confidence interval of the TTA accuracy are reported over them')
@@ -1019,29 +982,20 @@ def build_parser(description, default_runs, hyp):
 
 
 def flat_keys(tree, prefix=''):
-    keys = []
-    for k, v in tree.items():
-        keys += flat_keys(v, f'{prefix}{k}.') if isinstance(v, dict) else [f'{prefix}{k}']
-    return keys
+    return [key for k, v in tree.items()
+            for key in (flat_keys(v, f'{prefix}{k}.') if isinstance(v, dict) else [f'{prefix}{k}'])]
 
 
 def parse_value(key, text, default):
     """text converted to the type of default, or UserError."""
     kind = type(default)
+    words = {'true': True, '1': True, 'yes': True, 'false': False, '0': False, 'no': False}
     try:
-        if kind is bool:
-            if text.lower() not in ('true', 'false', '1', '0', 'yes', 'no'):
-                raise ValueError
-            return text.lower() in ('true', '1', 'yes')
-        if kind is int:
-            return int(text)
-        if kind is float:
-            value = float(text)
-            if not math.isfinite(value):
-                raise ValueError
-            return value
-        return kind(text)
-    except ValueError:
+        value = words[text.lower()] if kind is bool else kind(text)
+        if kind is float and not math.isfinite(value):
+            raise ValueError
+        return value
+    except (KeyError, ValueError):
         raise UserError(f'--set {key}={text!r}: expected {"true/false" if kind is bool else kind.__name__}, '
                         f'like the default {default!r}') from None
 
@@ -1054,15 +1008,14 @@ def apply_overrides(hyp, pairs):
         key = key.strip()
         if not sep:
             raise UserError(f'--set {pair!r} is not KEY=VALUE, e.g. --set opt.train_epochs=2')
-        *path, leaf = key.split('.')
-        default, target = hyp, new
-        for part in path:
-            default = default.get(part) if isinstance(default, dict) else None
-            target = target.get(part) if isinstance(target, dict) else None
-        if not isinstance(default, dict) or leaf not in default or isinstance(default[leaf], dict):
+        if key not in flat_keys(hyp):
             close = difflib.get_close_matches(key, flat_keys(hyp), n=1)
             hint = f'did you mean {close[0]}? ' if close else ''
             raise UserError(f'--set {key}: no such hyperparameter; {hint}valid keys: {", ".join(flat_keys(hyp))}')
+        *path, leaf = key.split('.')
+        default, target = hyp, new
+        for part in path:
+            default, target = default[part], target[part]
         target[leaf] = overrides[key] = parse_value(key, text.strip(), default[leaf])
     return new, overrides
 #=== end shared: cli
@@ -1086,11 +1039,11 @@ def benchmark(args, hyp, overrides, train_fn, flops_fn, script_path):
               'flops_per_run': flops, 'environment': dev.describe(),
               'data': {'dir': os.path.abspath(args.data_dir), 'source': source, 'train': n_train, 'test': n_test}}
     log = RunLog(args.log_dir, script, code, config)
-    print(f'{script}: {dev.summary()}, torch {torch.__version__}')
+    print(f"{script}: {config['environment']['summary']}, torch {torch.__version__}")
     print(f'data: {n_train} train / {n_test} test images from {args.data_dir} ({source}); '
           f'{flops / 1e15:.3g} PFLOPs per run; seed {seed}; overrides {overrides or "none"}')
     print(f'log: {log.dir}')
-    print_head()
+    print_row({c: c for c in COLUMNS}, rule_before=True, rule_after=True)
     try:
         if not args.no_warmup:
             train_fn(hyp, dev, data, run='warmup', seed=seed)

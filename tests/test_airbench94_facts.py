@@ -313,9 +313,13 @@ def test_lookahead_update(ab):
 
 
 def test_t_quantile(ab):
-    assert ab.t_quantile_975(1) == pytest.approx(12.706, abs=1e-3)
-    assert ab.t_quantile_975(24) == pytest.approx(2.064, abs=1e-3)
-    assert ab.t_quantile_975(1000) == pytest.approx(1.962, abs=1e-3)
+    assert ab.t_quantile(0.975, 1) == pytest.approx(12.706, abs=1e-3)
+    assert ab.t_quantile(0.975, 24) == pytest.approx(2.064, abs=1e-3)
+    assert ab.t_quantile(0.975, 1000) == pytest.approx(1.962, abs=1e-3)
+    # the CDF behind it: Cauchy (df 1) in closed form, symmetry, and df 2's closed form
+    assert ab.t_cdf(-1.0, 1) == pytest.approx(0.25) and ab.t_cdf(0.0, 7) == pytest.approx(0.5)
+    assert ab.t_cdf(1.3, 9) + ab.t_cdf(-1.3, 9) == pytest.approx(1.0)
+    assert ab.t_cdf(1.5, 2) == pytest.approx(0.5 + 1.5 / (2 * math.sqrt(2 + 1.5**2)))
     s = ab.summarize([0.9, 0.92, 0.94])
     assert s['mean'] == pytest.approx(0.92) and s['std'] == pytest.approx(0.02)
     assert s['ci95'][1] - 0.92 == pytest.approx(4.303 * 0.02 / math.sqrt(3), rel=1e-3)

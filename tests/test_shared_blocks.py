@@ -112,3 +112,20 @@ def test_check_reports_a_malformed_marker_and_a_double_definition_in_the_project
     found = sb.problems(copy_of_repo)
     assert any('airbench95.py' in m and 'malformed marker' in m for m in found), found
     assert any("airbench95.py" in m and "'train_steps' is defined twice" in m for m in found), found
+
+
+def test_the_harness_comes_last_under_its_banner():
+    for script in sb.CARRIED:
+        assert sb.harness_layout((REPO / script).read_text(), script) == []
+    text = (REPO / 'airbench95.py').read_text()
+    moved = text.replace(sb.HARNESS_BANNER, '')
+    assert 'exactly once' in sb.harness_layout(moved, 'x.py')[0]
+    edited = text.replace(sb.HARNESS_BANNER, sb.HARNESS_BANNER.replace('harness, not', 'harness, hardly'))
+    assert 'exactly once' in sb.harness_layout(edited, 'x.py')[0]
+    # method code between two harness blocks
+    wedged = text.replace('#=== end shared: device\n', '#=== end shared: device\n\ndef helper():\n    pass\n', 1)
+    assert 'in this order' in sb.harness_layout(wedged, 'x.py')[0]
+    # a shared block below the harness
+    loader = sb.parse(text)['loader']
+    below = text + '\n#=== shared: extra\n' + loader + '#=== end shared: extra\n'
+    assert 'only main()' in sb.harness_layout(below, 'x.py')[0]

@@ -10,8 +10,9 @@ each the same text as the reference's copy.
 
 `check` reports: malformed or unbalanced markers; a listed block that a script lacks or whose
 text differs from the reference; a block a script carries but is not listed for; a script of
-the project (airbench*.py, ablations/*.py, legacy/*.py) that is not listed at all; and a
-top-level function or class defined twice in one script (the later one silently wins).
+the project (airbench*.py, ablations/*.py, legacy/*.py) that is not listed at all; a harness
+banner missing, or anything but the harness blocks in order below it (the method goes above);
+and a top-level function or class defined twice in one script (the later one silently wins).
 tests/test_shared_blocks.py runs the check.
 """
 import ast
@@ -41,6 +42,18 @@ CARRIED = {
 }
 
 MARKER = re.compile(r'^#=== (end shared|shared): ([\w-]+)$')
+
+# Every script: the method above this banner; below it only the HARNESS blocks, in this order,
+# and then the script's own main() and entry point.
+HARNESS_BANNER = """\
+#############################################
+#      Harness: the same in every script    #
+#############################################
+# Everything below this banner is the harness, not the method: errors, device and timer, data
+# files, logging and statistics, command line, and the driver that runs the invocation. It is
+# the same text in every script, block by block (tools/shared_blocks.py checks it), so it needs
+# reading once; only main() at the very end is the script's own.
+"""
 
 
 class MarkerError(ValueError):
@@ -86,6 +99,23 @@ def defined_twice(text, where='<text>'):
                                 f'{seen[node.name]}); the later definition silently replaces the earlier')
             seen.setdefault(node.name, node.lineno)
     return problems
+
+
+def harness_layout(text, where='<text>'):
+    """Messages unless text has the harness banner once, followed by exactly the HARNESS blocks in
+    order (blank lines between them), and after them no shared block and no section banner."""
+    if text.count(HARNESS_BANNER) != 1:
+        return [f'{where}: the harness banner must appear exactly once, verbatim (tools/shared_blocks.py HARNESS_BANNER)']
+    below = text.split(HARNESS_BANNER)[1]
+    pattern = ''.join(rf'\s*#=== shared: {re.escape(n)}\n.*?^#=== end shared: {re.escape(n)}\n' for n in HARNESS)
+    m = re.match(pattern, below, re.S | re.M)
+    if not m:
+        return [f'{where}: below the harness banner must come the blocks {", ".join(HARNESS)}, in this order, '
+                'with only blank lines between them']
+    rest = below[m.end():]
+    if '#=== ' in rest or '#' * 45 in rest:
+        return [f'{where}: after the harness blocks only main() and the entry point may follow']
+    return []
 
 
 def drift(script_text, references, carried, script='<script>'):
@@ -146,6 +176,7 @@ def problems(repo=REPO, carried=CARRIED):
             out += [message for _, message in drift(text, references, blocks, script)]
         except MarkerError as e:
             out.append(str(e))
+        out += harness_layout(text, script)
         out += defined_twice(text, script)
     return out
 
