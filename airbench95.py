@@ -75,7 +75,7 @@ hyp = {
         'lookahead_decay': 0.95,   # sync decay = lookahead_decay**lookahead_every * (step / total)**3
     },
     'aug': {
-        'flip': True,              # alternating flip (paper section 3.6)
+        'flip': 'alternating',     # 'alternating' (paper section 3.6), 'random' (p=0.5 per image per epoch) or 'none'
         'translate': 2,            # pixels of reflect-padded random translation
         'cutout': 0,               # side of the zeroed square, 0 = off
     },
@@ -104,6 +104,7 @@ def check_hyp(hyp):
     require(0 < o['lr_peak_at'] < 1, 'opt.lr_peak_at', o['lr_peak_at'], 'must be in (0, 1)')
     require(o['lookahead_every'] >= 1, 'opt.lookahead_every', o['lookahead_every'], 'must be at least 1')
     require(0 <= o['lookahead_decay'] <= 1, 'opt.lookahead_decay', o['lookahead_decay'], 'must be in [0, 1]')
+    require(a['flip'] in ('alternating', 'random', 'none'), 'aug.flip', a['flip'], "must be 'alternating', 'random' or 'none'")
     require(0 <= a['translate'] <= 8, 'aug.translate', a['translate'], 'must be in [0, 8] pixels')
     require(0 <= a['cutout'] <= 32, 'aug.cutout', a['cutout'], 'must be in [0, 32] pixels')
     for block, width in n['widths'].items():
@@ -159,10 +160,11 @@ def batch_cutout(images, size, generator=None):
 class CifarLoader:
     """The whole split resident on the device; batches are index gathers, no workers.
 
-    aug: flip (alternating: epoch 0 mirrors a random half, every later epoch mirrors every
-    image relative to the epoch before), translate r (reflect-pad r once, then a random crop
-    per image per epoch), cutout s (one zeroed s x s square per image per epoch, after
-    normalisation). Training loaders reshuffle every epoch and drop the last partial batch.
+    aug: flip ('alternating': epoch 0 mirrors a random half, every later epoch mirrors every
+    image relative to the epoch before; 'random': each image mirrored with p=0.5, drawn anew every
+    epoch; 'none'), translate r (reflect-pad r once, then a random crop per image per epoch),
+    cutout s (one zeroed s x s square per image per epoch, after cropping and flipping, in
+    normalised space). Training loaders reshuffle every epoch and drop the last partial batch.
     Random draws come from `generator` (a torch.Generator on the device), else torch's global RNG.
     """
 
@@ -174,8 +176,8 @@ class CifarLoader:
         self.classes = split['classes']
         self.aug = dict(aug or {})
         unknown = set(self.aug) - {'flip', 'translate', 'cutout'}
-        if unknown:
-            raise ValueError(f'unknown augmentation {sorted(unknown)}: use flip, translate, cutout')
+        if unknown or self.aug.get('flip', 'none') not in ('alternating', 'random', 'none'):
+            raise ValueError(f'bad augmentation {self.aug}: use flip (alternating, random, none), translate, cutout')
         self.batch_size, self.drop_last, self.shuffle = batch_size, train, train
         self.mean = torch.tensor(CIFAR_MEAN, device=dev.torch_device, dtype=dev.data_dtype).view(1, 3, 1, 1)
         self.std = torch.tensor(CIFAR_STD, device=dev.torch_device, dtype=dev.data_dtype).view(1, 3, 1, 1)
@@ -190,15 +192,17 @@ class CifarLoader:
 
     def next_epoch(self):
         """Augments every image for the coming epoch; returns (images, labels, order)."""
-        flip, pad, cutout = self.aug.get('flip', False), self.aug.get('translate', 0), self.aug.get('cutout', 0)
+        flip, pad, cutout = self.aug.get('flip', 'none'), self.aug.get('translate', 0), self.aug.get('cutout', 0)
         if self.epoch == 0:
             base = self.normalize(self.images)
-            if flip:
+            if flip == 'alternating':
                 base = batch_flip_lr(base, self.generator)
             self.base = F.pad(base, (pad,) * 4, 'reflect') if pad > 0 else base
         images = batch_crop(self.base, self.images.size(-1), self.generator) if pad > 0 else self.base
-        if flip and self.epoch % 2 == 1:
+        if flip == 'alternating' and self.epoch % 2 == 1:
             images = images.flip(-1)
+        elif flip == 'random':
+            images = batch_flip_lr(images, self.generator)
         if cutout > 0:
             images = batch_cutout(images, cutout, self.generator)
         images = images.contiguous(memory_format=self.dev.memory_format)

@@ -20,17 +20,19 @@ TINY = ['--set', 'opt.batch_size=200', '--set', 'opt.train_epochs=3',
 
 
 def load_script(name):
-    """Imports a top-level script (e.g. 'airbench94') as a module; importing runs nothing."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / f'{name}.py')
+    """Imports a script of the project as a module, by its path without .py ('airbench94',
+    'ablations/main3_scalebias', 'legacy/hlb_cifar10'); importing a script runs nothing."""
+    module_name = name.replace('/', '__')
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, REPO / f'{name}.py')
         module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
+        sys.modules[module_name] = module
         spec.loader.exec_module(module)
-    return sys.modules[name]
+    return sys.modules[module_name]
 
 
 def run_script(name, *args, timeout=300, env=None, cwd=None):
-    """Runs REPO/name.py as a user would; returns the CompletedProcess (text)."""
+    """Runs REPO/name.py (name as for load_script) as a user would; returns the CompletedProcess (text)."""
     full_env = {k: v for k, v in os.environ.items() if k != 'AIRBENCH_DATA'}
     full_env.update({'PYTHONUNBUFFERED': '1', **(env or {})})
     return subprocess.run([sys.executable, str(REPO / f'{name}.py'), *args], capture_output=True, text=True,

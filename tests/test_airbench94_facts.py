@@ -29,7 +29,7 @@ def random_split(n, seed=0):
 
 def test_alternating_flip_covers_both_orientations_in_consecutive_epochs(ab, cpu):
     torch.manual_seed(0)
-    loader = ab.CifarLoader(random_split(400), cpu, 100, train=True, aug={'flip': True})
+    loader = ab.CifarLoader(random_split(400), cpu, 100, train=True, aug={'flip': 'alternating'})
     plain = loader.normalize(loader.images)
     epochs = [loader.next_epoch()[0] for _ in range(4)]  # images in dataset order
     mirrored = [(e == plain.flip(-1)).flatten(1).all(1) & ~(e == plain).flatten(1).all(1) for e in epochs]
@@ -39,6 +39,32 @@ def test_alternating_flip_covers_both_orientations_in_consecutive_epochs(ab, cpu
     for a, b in zip(mirrored, mirrored[1:]):
         assert (a != b).all()  # every image changes orientation from one epoch to the next
     assert (mirrored[0] == mirrored[2]).all() and (mirrored[1] == mirrored[3]).all()
+
+
+def test_random_flip_draws_every_image_anew_every_epoch(ab, cpu):
+    torch.manual_seed(0)
+    loader = ab.CifarLoader(random_split(2000), cpu, 100, train=True, aug={'flip': 'random'})
+    plain = loader.normalize(loader.images)
+    mirrored = []
+    for _ in range(3):
+        images = loader.next_epoch()[0]
+        m = (images == plain.flip(-1)).flatten(1).all(1)
+        assert (m | (images == plain).flatten(1).all(1)).all()
+        mirrored.append(m)
+        assert 0.45 < m.float().mean() < 0.55
+    for a, b in zip(mirrored, mirrored[1:]):  # independent draws: about half keep their orientation
+        assert 0.4 < (a == b).float().mean() < 0.6
+    with pytest.raises(ValueError, match='flip'):
+        ab.CifarLoader(random_split(10), cpu, 5, train=True, aug={'flip': True})
+
+
+def test_overrides_parse_booleans_ints_floats_and_strings(ab):
+    assert [ab.parse_value('k', t, False) for t in ('true', 'False', '1', 'no')] == [True, False, True, False]
+    assert ab.parse_value('k', '3', 1) == 3 and ab.parse_value('k', '2.5', 1.0) == 2.5
+    assert ab.parse_value('k', 'random', 'alternating') == 'random'
+    for text, default in (('maybe', False), ('2.5', 1), ('inf', 1.0)):
+        with pytest.raises(ab.UserError, match='expected'):
+            ab.parse_value('k', text, default)
 
 
 def test_random_half_flip_mirrors_about_half(ab):

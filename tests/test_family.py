@@ -91,7 +91,7 @@ def test_widths_epochs_and_step_counts(ab94, ab95, ab96):
     assert ab96.hyp['net']['depth'] == 3 and ab96.train_steps(ab96.hyp['opt'], 50000) == 1776
     o96 = ab96.hyp['opt']
     assert (o96['lr'], o96['weight_decay'], o96['train_epochs']) == (9.0, 0.012, 37.0)
-    assert ab96.hyp['aug'] == {'flip': True, 'translate': 4, 'cutout': 12}
+    assert ab96.hyp['aug'] == {'flip': 'alternating', 'translate': 4, 'cutout': 12}
     # everything not named by docs/method.md §2 stays at airbench94's values
     for m, changed in ((ab95, {'train_epochs', 'lr'}),
                        (ab96, {'train_epochs', 'lr', 'weight_decay', 'lr_peak_at', 'lr_end'})):
@@ -148,7 +148,7 @@ def test_cutout_in_the_loader(name, ab94):
     torch.manual_seed(0)
     split = {'images': torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8),
              'labels': torch.zeros(64, dtype=torch.long), 'classes': list('abcdefghij')}
-    loader = m.CifarLoader(split, m.Device('cpu'), 32, train=True, aug={'flip': True, 'translate': 4, 'cutout': 12})
+    loader = m.CifarLoader(split, m.Device('cpu'), 32, train=True, aug={'flip': 'alternating', 'translate': 4, 'cutout': 12})
     images = loader.next_epoch()[0]
     zero = (images == 0).all(1)
     assert (zero.flatten(1).sum(1) == 144).all()  # one 12 x 12 square per image
