@@ -15,7 +15,7 @@ IDS = [f"{r['script']} {' '.join(r['overrides'])}".strip() for r in RECORDED]
 
 
 def test_the_record_covers_every_row_of_the_tool():
-    assert [(r['script'], r['overrides']) for r in RECORDED] == [(s, o) for s, o, _, _ in count_flops.ROWS]
+    assert [(r['script'], r['overrides']) for r in RECORDED] == [(s, o) for s, o, _, _ in count_flops.present_rows()]
 
 
 @pytest.mark.parametrize('row', RECORDED, ids=IDS)

@@ -25,6 +25,20 @@ ROWS = [
     ('airbench96.py', ['opt.train_epochs=40', 'net.widths.block2=512'], 7.2, "paper's first airbench96"),
     ('airbench94_muon.py', [], 0.29, 'airbench repository README'),
     ('airbench96_faster.py', [], 3.1, 'airbench repository README'),
+    # the ablation ladder (ablations/README.md; published TFLOPs of the original ladder's table)
+    ('ablations/train_resnet18.py', [], 4.350, 'original ablation table'),
+    ('ablations/main0_network.py', [], 1.223, 'original ablation table'),
+    ('ablations/main1_whiten.py', [], 0.735, 'original ablation table'),
+    ('ablations/main2_dirac.py', [], 0.631, 'original ablation table'),
+    ('ablations/main3_scalebias.py', [], 0.474, 'original ablation table'),
+    ('ablations/main4_freeze.py', [], 0.461, 'original ablation table'),
+    ('ablations/main5_lookahead.py', [], 0.410, 'original ablation table'),
+    ('ablations/main6_tta.py', [], 0.380, 'original ablation table'),
+    ('ablations/main7_mirror.py', [], 0.350, 'original ablation table'),
+    ('ablations/main8_compile.py', [], 0.350, 'original ablation table'),
+    # the prior records (legacy/README.md)
+    ('legacy/cifar10_fast.py', [], 1.144, 'original ablation table'),
+    ('legacy/hlb_cifar10.py', [], 0.572, 'original ablation table'),
 ]
 
 
@@ -43,9 +57,14 @@ def count(script, overrides, module=None):
     return m.flops_per_run(hyp, 50000, 10000)
 
 
+def present_rows():
+    """The ROWS whose script exists in this checkout."""
+    return [row for row in ROWS if (REPO / row[0]).exists()]
+
+
 def table():
     rows, modules = [], {}
-    for script, overrides, published, source in ROWS:
+    for script, overrides, published, source in present_rows():
         m = modules.setdefault(script, load(script))
         rows.append({'script': script, 'overrides': overrides, 'pflops': count(script, overrides, m) / 1e15,
                      'published_pflops': published, 'published_source': source})

@@ -40,6 +40,12 @@ CARRIED = {
     'airbench94_muon.py': tuple(b for b in SGD_FAMILY if b not in ('lookahead', 'schedule', 'optimizer')) + ('reinit',),
     'airbench96_faster.py': SGD_FAMILY + ('reinit',),
 }
+# the ablation ladder (issue 10): one entry per rung
+CARRIED.update({
+})
+# the prior records (issue 11)
+CARRIED.update({
+})
 
 MARKER = re.compile(r'^#=== (end shared|shared): ([\w-]+)$')
 
