@@ -45,6 +45,10 @@ CARRIED.update({
 })
 # the prior records (issue 11)
 CARRIED.update({
+    # its own ghost BatchNorm, 3x3 whitening, EMA (not lookahead), lr schedule and SGD
+    'legacy/cifar10_fast.py': HARNESS + ('loader', 'tta', 'steps'),
+    # its own loader (its crop quirk, CutMix), conv init, chunked whitening, lr schedule and SGD
+    'legacy/hlb_cifar10.py': HARNESS + ('batchnorm', 'lookahead', 'tta', 'steps'),
 })
 
 MARKER = re.compile(r'^#=== (end shared|shared): ([\w-]+)$')
