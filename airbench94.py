@@ -31,6 +31,7 @@ other scripts carry verbatim; tools/shared_blocks.py keeps the copies identical.
 import argparse
 import contextlib
 import copy
+import datetime
 import difflib
 import json
 import math
@@ -39,6 +40,7 @@ import pickle
 import platform
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -48,6 +50,7 @@ import uuid
 from math import ceil
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -536,6 +539,8 @@ def require(ok, key, value, rule):
 def entry(main):
     """Runs main() as a command: no tracebacks for the failures a user can cause."""
     prog = os.path.basename(sys.argv[0])
+    if int(os.environ.get('WORLD_SIZE', 1)) > 1:  # started by torchrun: say which process speaks
+        prog += f" (rank {os.environ.get('RANK')})"
     try:
         main()
     except UserError as e:
@@ -558,7 +563,7 @@ class Device:
     fast bf16. mps: fp32 weights, fp16 autocast forward, contiguous layout. Off CUDA the clock is
     perf_counter, read after the device has finished its queued work."""
 
-    def __init__(self, name='auto'):
+    def __init__(self, name='auto', index=0):
         available = {'cuda': torch.cuda.is_available(), 'mps': torch.backends.mps.is_available(), 'cpu': True}
         if name == 'auto':
             name = next(n for n in ('cuda', 'mps', 'cpu') if available[n])
@@ -566,6 +571,12 @@ class Device:
             raise UserError(f'--device {name} was asked for, but this machine and torch build have no '
                             f'{name.upper()}: use --device auto or cpu')
         self.type, self.torch_device, self.note = name, torch.device(name), ''
+        if name == 'cuda':  # one GPU per process: torchrun's local rank picks it
+            if index >= torch.cuda.device_count():
+                raise UserError(f'process {index} of this node needs GPU {index}, but only '
+                                f'{torch.cuda.device_count()} are visible: start at most that many per node')
+            self.torch_device = torch.device('cuda', index)
+            torch.cuda.set_device(self.torch_device)
         self.memory_format = torch.contiguous_format if name == 'mps' else torch.channels_last
         self.model_dtype = self.data_dtype = torch.float16 if name == 'cuda' else torch.float32
         self.autocast_dtype = {'cuda': None, 'mps': torch.float16}.get(name, torch.bfloat16)
@@ -843,25 +854,48 @@ def t_quantile(p, df):
     return (lo + hi) / 2
 
 
-def summarize(accs):
-    """Mean, sample std, n and the 95% confidence interval of the mean."""
+def summarize(accs, target=None):
+    """Mean, sample std, n and the 95% confidence interval of the mean; with a target, the
+    one-sided t-test of 'the mean is above the target' (the paper's evidence for >= 94%): its
+    p-value, and the runs that a mean and std like these need for p < 0.05."""
     n = len(accs)
     mean = sum(accs) / n if n else None
+    s = {'n': n, 'mean': mean, 'std': None, 'ci95': None}
+    if target is not None:
+        s.update(target=target, t=None, p_value=None, runs_needed=None)
     if n < 2:
-        return {'n': n, 'mean': mean, 'std': None, 'ci95': None}
+        return s
     std = math.sqrt(sum((a - mean)**2 for a in accs) / (n - 1))
     half = t_quantile(0.975, n - 1) * std / math.sqrt(n)
-    return {'n': n, 'mean': mean, 'std': std, 'ci95': [mean - half, mean + half]}
+    s.update(std=std, ci95=[mean - half, mean + half])
+    if target is not None and std > 0:
+        s['t'] = (mean - target) / (std / math.sqrt(n))
+        s['p_value'] = 1 - t_cdf(s['t'], n - 1)
+        if mean > target:  # smallest m with t_0.95(m - 1) * std / sqrt(m) < mean - target
+            m = max(2, math.ceil((1.6448536 * std / (mean - target))**2))
+            while t_quantile(0.95, m - 1) * std / math.sqrt(m) >= mean - target:
+                m += 1
+            s['runs_needed'] = m
+    return s
 
 
-def summary_line(runs):
-    s = summarize([r['tta_val_acc'] for r in runs])
+def summary_line(runs, target=None):
+    s = summarize([r['tta_val_acc'] for r in runs], target)
     if s['n'] == 0:
         return 'no run finished'
     line = f"Mean: {s['mean']:.4f}    Std: {'n/a' if s['std'] is None else format(s['std'], '.4f')}    n: {s['n']}"
     if s['ci95']:
         line += f"    95% CI of the mean: [{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}]"
-    return line + f"    time per run: {sum(r['time_seconds'] for r in runs) / len(runs):.2f} s"
+    line += f"    time per run: {sum(r['time_seconds'] for r in runs) / len(runs):.2f} s"
+    if target is None:
+        return line
+    if s['p_value'] is None:
+        return line + f'\nTarget {target:.4f}: a test needs at least 2 runs that differ'
+    verdict = 'evidence at the 5% level' if s['p_value'] < 0.05 else 'not enough evidence at the 5% level'
+    need = (f"about {s['runs_needed']} runs like these would give p < 0.05" if s['runs_needed']
+            else 'no number of runs like these would: the mean is not above it')
+    return line + (f"\nTarget {target:.4f}: one-sided t-test of mean > target: t = {s['t']:.3f}, "
+                   f"p = {s['p_value']:.4g} with n = {s['n']}: {verdict}; {need}")
 
 
 def count_flops(fn):
@@ -872,43 +906,91 @@ def count_flops(fn):
     return counter.get_total_flops()
 
 
-class RunLog:
-    """logs/<script>-<YYYYmmdd-HHMMSS>-<uuid8>/ with log.json (results, config, environment)
-    and log.pt (the same plus the script's source `code` and the TTA accuracies `accs`),
-    both rewritten atomically after every run."""
+def write_json(path, obj):
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            json.dump(obj, f, indent=1)
+    atomic_write(path, write)
 
-    def __init__(self, log_dir, script, code, config):
-        self.dir = os.path.join(log_dir, f"{script}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}")
-        self.code = code
-        self.record = {'script': script, 'status': 'running', 'started': time.strftime('%Y-%m-%d %H:%M:%S'),
-                       **config, 'runs': [], 'summary': summarize([])}
+
+@contextlib.contextmanager
+def file_lock(path):
+    """An exclusive lock on path between processes (fcntl; none where it does not exist)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, 'a') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            os.makedirs(self.dir)
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class RunLog:
+    """One folder per invocation, logs/<script>-<YYYYmmdd-HHMMSS>-<uuid8>/, with log.json (results,
+    config, environment) and log.pt (the same plus the script's source `code` and the TTA accuracies
+    `accs`), both rewritten atomically after every run. Under torchrun every process also keeps its
+    own runs in runs-rank<r>.json there, and whichever process finishes a run rewrites log.json and
+    log.pt from all of them under a file lock: a run finished anywhere is in the log at once."""
+
+    def __init__(self, folder, code, record, rank=0, world=1):
+        self.dir, self.code, self.record, self.rank, self.world = folder, code, record, rank, world
+        self.part = {'rank': rank, 'status': 'running', 'runs': []}
+        try:
+            os.makedirs(self.dir, exist_ok=world > 1)
             self.write()
         except OSError as e:
-            raise UserError(f'cannot write logs under --log-dir {log_dir} ({e.strerror or e}): '
+            raise UserError(f'cannot write logs under --log-dir {os.path.dirname(folder)} ({e.strerror or e}): '
                             'pass a writable folder') from None
 
-    def write(self):
-        accs = [r['tta_val_acc'] for r in self.record['runs']]
-        self.record['summary'] = summarize(accs)
-        text = json.dumps(self.record, indent=1)
+    def part_path(self, rank):
+        return os.path.join(self.dir, f'runs-rank{rank}.json')
 
-        def write_json(tmp):
-            with open(tmp, 'w') as f:
-                f.write(text)
-        atomic_write(os.path.join(self.dir, 'log.json'), write_json)
-        full = {**self.record, 'code': self.code, 'accs': torch.tensor(accs, dtype=torch.float64)}
-        atomic_write(os.path.join(self.dir, 'log.pt'), lambda tmp: torch.save(full, tmp))
+    def write(self):
+        parts = [self.part]
+        with file_lock(os.path.join(self.dir, '.lock')) if self.world > 1 else contextlib.nullcontext():
+            if self.world > 1:
+                write_json(self.part_path(self.rank), self.part)
+                parts = []
+                for rank in range(self.world):
+                    with contextlib.suppress(OSError, ValueError):
+                        with open(self.part_path(rank)) as f:
+                            parts.append(json.load(f))
+                self.record['processes'] = [{k: v for k, v in p.items() if k != 'runs'} for p in parts]
+            statuses = [p['status'] for p in parts]
+            status = next((s for s in ('diverged', 'interrupted') if s in statuses), None) or \
+                ('complete' if statuses == ['complete'] * self.world else 'running')
+            runs = sorted((r for p in parts for r in p['runs']), key=lambda r: r['run'])
+            accs = [r['tta_val_acc'] for r in runs]
+            self.record.update(status=status, runs=runs, summary=summarize(accs, self.record.get('target')))
+            write_json(os.path.join(self.dir, 'log.json'), self.record)
+            full = {**self.record, 'code': self.code, 'accs': torch.tensor(accs, dtype=torch.float64)}
+            atomic_write(os.path.join(self.dir, 'log.pt'), lambda tmp: torch.save(full, tmp))
 
     def add_run(self, result):
-        self.record['runs'].append(result)
+        self.part['runs'].append(result)
         self.write()
 
+    def adopt(self, part):
+        """Takes in another process's runs, gathered at the end (for a folder it could not write)."""
+        if part['rank'] != self.rank and len(part['runs']) >= len(self.read_part(part['rank'])['runs']):
+            write_json(self.part_path(part['rank']), part)
+
+    def read_part(self, rank):
+        try:
+            with open(self.part_path(rank)) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {'runs': []}
+
     def finish(self, status, message=None):
-        self.record.update(status=status, finished=time.strftime('%Y-%m-%d %H:%M:%S'))
+        self.part.update(status=status, finished=time.strftime('%Y-%m-%d %H:%M:%S'))
+        self.record['finished'] = self.part['finished']
         if message:
-            self.record['message'] = message
+            self.record['message'] = self.part['message'] = message
         self.write()
 #=== end shared: logging
 
@@ -937,6 +1019,18 @@ def build_parser(description, default_runs, hyp):
                    help='where to create this invocation\'s log folder (default ./logs)')
     p.add_argument('--no-warmup', action='store_true',
                    help='skip the untimed warmup run on random labels that precedes the timed runs')
+
+    def accuracy(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not 0 < value < 100:
+            raise argparse.ArgumentTypeError(f'must be an accuracy like 0.94 or 94, got {text!r}')
+        return value / 100 if value > 1 else value
+    p.add_argument('--target', type=accuracy, default=None, metavar='ACC',
+                   help='also test whether the mean TTA accuracy is above ACC (0.94 or 94): the summary and the '
+                        'log get the one-sided t-test\'s p-value and the runs such a test needs')
     p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', dest='overrides',
                    help='override a hyperparameter, e.g. --set opt.train_epochs=2 --set net.tta_level=1 '
                         '(repeatable; type-checked against the default; recorded in the log). Keys: ' + ', '
@@ -984,25 +1078,93 @@ def apply_overrides(hyp, pairs):
 #=== end shared: cli
 
 #=== shared: driver
+class Processes:
+    """The processes of this invocation: those torchrun started (RANK, WORLD_SIZE, LOCAL_RANK and
+    LOCAL_WORLD_SIZE in the environment), or this one alone. Their collectives run on gloo for CPU
+    and MPS and on NCCL for CUDA; each CPU process gets its share of the cores."""
+
+    def __init__(self):
+        env = os.environ
+        self.rank, self.world = int(env.get('RANK', 0)), int(env.get('WORLD_SIZE', 1))
+        self.local_rank, self.local_world = int(env.get('LOCAL_RANK', 0)), int(env.get('LOCAL_WORLD_SIZE', 1))
+
+    def start(self, dev):
+        if self.world == 1:
+            return
+        if dev.type == 'cpu':
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+            torch.set_num_threads(max(1, cores // self.local_world))
+        # a process that is dealt fewer runs waits at the end for the others: allow a long CPU run
+        dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo', timeout=datetime.timedelta(hours=24))
+        signal.signal(signal.SIGTERM, raise_interrupt)  # torchrun stops the others this way when one fails
+
+    def share(self, make):
+        """make() on rank 0, its value (or its UserError) handed to every process."""
+        if self.world == 1:
+            return make()
+        box = [None]
+        if self.rank == 0:
+            try:
+                box[0] = (True, make())
+            except UserError as e:
+                box[0] = (False, str(e))
+        dist.broadcast_object_list(box, src=0)
+        ok, value = box[0]
+        if not ok:
+            raise UserError(value)
+        return value
+
+    def gather(self, obj):
+        """[obj of every process] on rank 0, None elsewhere."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+
+def raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def benchmark(args, hyp, overrides, train_fn, flops_fn, script_path):
     """The invocation: device, data, log, warmup, the timed runs, summary. train_fn(hyp, dev, data,
-    run, seed) returns a run record; flops_fn(hyp, n_train, n_test) the FLOPs of one run."""
+    run, seed) returns a run record; flops_fn(hyp, n_train, n_test) the FLOPs of one run. Under
+    torchrun the runs are dealt out: run k goes to process (k - 1) mod world size and keeps seed
+    S + k, so the results are those of one process; rank 0 prints, every process logs its runs."""
     script = os.path.splitext(os.path.basename(script_path))[0]
     with open(script_path) as f:
         code = f.read()
-    dev = Device(args.device)
+    group = Processes()
+    dev = Device(args.device, index=group.local_rank)
+    group.start(dev)
+    try:
+        with open(os.devnull, 'w') as null, contextlib.redirect_stdout(null if group.rank else sys.stdout):
+            return run_all(args, hyp, overrides, train_fn, flops_fn, script, code, group, dev)
+    finally:
+        if group.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_all(args, hyp, overrides, train_fn, flops_fn, script, code, group, dev):
     data, source = load_cifar10(args.data_dir)
     n_train, n_test = len(data['train']['labels']), len(data['test']['labels'])
     if hyp['opt']['batch_size'] > n_train:
         raise UserError(f"opt.batch_size={hyp['opt']['batch_size']} is larger than the training set "
                         f'({n_train} images in {args.data_dir}): lower it with --set opt.batch_size=N')
     flops = flops_fn(hyp, n_train, n_test)
-    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    config = {'argv': sys.argv, 'hyp': hyp, 'overrides': overrides, 'seed': seed, 'warmup': not args.no_warmup,
-              'flops_per_run': flops, 'environment': dev.describe(),
-              'data': {'dir': os.path.abspath(args.data_dir), 'source': source, 'train': n_train, 'test': n_test}}
-    log = RunLog(args.log_dir, script, code, config)
-    print(f"{script}: {config['environment']['summary']}, torch {torch.__version__}")
+    record = group.share(lambda: {
+        'script': script, 'started': time.strftime('%Y-%m-%d %H:%M:%S'), 'argv': sys.argv, 'hyp': hyp,
+        'overrides': overrides, 'seed': args.seed if args.seed is not None else secrets.randbelow(2**31),
+        'warmup': not args.no_warmup, 'target': args.target, 'world_size': group.world,
+        'flops_per_run': flops, 'environment': dev.describe(),
+        'data': {'dir': os.path.abspath(args.data_dir), 'source': source, 'train': n_train, 'test': n_test},
+        'folder': os.path.join(args.log_dir, f"{script}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}")})
+    seed = record['seed']
+    log = RunLog(record.pop('folder'), code, record, group.rank, group.world)
+    log.part.update(device=str(dev.torch_device), host=platform.node(), pid=os.getpid())
+    print(f"{script}: {record['environment']['summary']}, torch {torch.__version__}"
+          + (f'; {group.world} processes (torchrun), runs dealt round-robin' if group.world > 1 else ''))
     print(f'data: {n_train} train / {n_test} test images from {args.data_dir} ({source}); '
           f'{flops / 1e15:.3g} PFLOPs per run; seed {seed}; overrides {overrides or "none"}')
     print(f'log: {log.dir}')
@@ -1010,18 +1172,27 @@ def benchmark(args, hyp, overrides, train_fn, flops_fn, script_path):
     try:
         if not args.no_warmup:
             train_fn(hyp, dev, data, run='warmup', seed=seed)
-        for run in range(1, args.runs + 1):
-            log.add_run(train_fn(hyp, dev, data, run=run, seed=seed + run))
+        for run in range(1 + group.rank, args.runs + 1, group.world):
+            log.add_run({**train_fn(hyp, dev, data, run=run, seed=seed + run),
+                         'rank': group.rank, 'device': str(dev.torch_device)})
     except KeyboardInterrupt:
         log.finish('interrupted')
-        print(summary_line(log.record['runs']))
+        print(summary_line(log.record['runs'], args.target))
         print(f'log (interrupted after {len(log.record["runs"])} finished runs): {os.path.abspath(log.dir)}')
         raise
     except TrainingDiverged as e:
         log.finish('diverged', str(e))
         raise
     log.finish('complete')
-    print(summary_line(log.record['runs']))
+    parts = group.gather(log.part)
+    if group.rank == 0 and group.world > 1:
+        for part in parts:
+            log.adopt(part)
+        log.write()
+        for r in log.record['runs']:
+            print(f"run {r['run']}: TTA accuracy {r['tta_val_acc']:.4f} in {r['time_seconds']:.2f} s "
+                  f"(rank {r['rank']}, {r['device']})")
+    print(summary_line(log.record['runs'], args.target))
     print(f'log: {os.path.abspath(os.path.join(log.dir, "log.pt"))}')
     return log
 #=== end shared: driver

@@ -168,6 +168,13 @@ def test_cache_with_bad_tensors(cifar_dir, tmp_path, change, fragment):
 # ---------------------------------------------------------------- flags
 
 
+@pytest.mark.parametrize('target', ['150', '0', 'high'])
+def test_bad_target(cifar_dir, target):
+    proc = run_script(SCRIPT, '--data-dir', cifar_dir, '--target', target)
+    no_traceback(proc)
+    assert proc.returncode == 2 and '--target: must be an accuracy like 0.94 or 94' in proc.stderr
+
+
 @pytest.mark.parametrize('runs', ['0', '-3', 'two'])
 def test_bad_run_count(cifar_dir, tmp_path, runs):
     proc = run_script(SCRIPT, '--data-dir', cifar_dir, '--runs', runs)

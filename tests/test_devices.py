@@ -15,7 +15,11 @@ def fake(monkeypatch):
 
     def set_available(cuda=False, mps=False):
         monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
+        monkeypatch.setattr(torch.cuda, 'device_count', lambda: 4 if cuda else 0)
+        monkeypatch.setattr(torch.cuda, 'set_device', lambda device: selected.append(device))
         monkeypatch.setattr(torch.backends.mps, 'is_available', lambda: mps)
+    selected = []
+    set_available.selected = selected
     return set_available
 
 
@@ -79,6 +83,15 @@ def test_cpu_is_fp32_with_bf16_autocast_where_supported(ab94, fake, monkeypatch)
     slow = ab94.Device('cpu')
     assert slow.autocast_dtype is None and 'fp32' in slow.note and 'fp32' in slow.describe()['summary']
     assert isinstance(slow.autocast(), contextlib.nullcontext)
+
+
+def test_each_torchrun_process_takes_the_gpu_of_its_local_rank(ab94, fake):
+    fake(cuda=True)
+    dev = ab94.Device('cuda', index=3)
+    assert dev.torch_device == torch.device('cuda', 3) and fake.selected == [torch.device('cuda', 3)]
+    assert ab94.Device('auto').torch_device == torch.device('cuda', 0)
+    with pytest.raises(ab94.UserError, match='needs GPU 4, but only 4 are visible'):
+        ab94.Device('cuda', index=4)
 
 
 @pytest.mark.parametrize('name', ['cuda', 'mps'])

@@ -1,0 +1,159 @@
+"""Many runs: torchrun fan-out on CPU with gloo, the one-sided test against a target, and the log
+summary tool (tools/summarize_logs.py) with its Welch test and plot."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY, log_dir_of, no_traceback, read_log, run_script
+
+sys.path.insert(0, str(REPO / 'tools'))
+import summarize_logs  # noqa: E402
+
+stats = pytest.importorskip('scipy.stats')  # an independent implementation (the `test` extra installs it)
+
+ARGS = [*TINY, '--set', 'opt.train_epochs=2', '--no-warmup']
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+
+
+def torchrun(*args, nproc=2, **kwargs):
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc),
+           str(REPO / 'airbench94.py'), *args]
+    env = {k: v for k, v in os.environ.items() if k not in ('AIRBENCH_DATA', 'OMP_NUM_THREADS')}
+    return cmd, {**env, 'PYTHONUNBUFFERED': '1'}
+
+
+@pytest.fixture(scope='module')
+def fan_out(cifar_dir, tmp_path_factory):
+    """The same invocation by two torchrun processes and by one process with the threads of one of them."""
+    logs = tmp_path_factory.mktemp('logs')
+    args = ['--data-dir', cifar_dir, '--log-dir', str(logs), '--runs', '3', '--seed', '5', '--target', '0.5', *ARGS]
+    cmd, env = torchrun(*args)
+    two = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    one = run_script('airbench94', *args, env={'OMP_NUM_THREADS': str(max(1, CORES // 2))})
+    return two, one
+
+
+def test_two_processes_give_the_runs_of_one(fan_out):
+    two, one = fan_out
+    for proc in (two, one):
+        no_traceback(proc)
+        assert proc.returncode == 0, proc.stderr
+    merged, alone = read_log(log_dir_of(two.stdout)), read_log(log_dir_of(one.stdout))
+    keys = ('run', 'seed', 'tta_val_acc', 'val_acc', 'steps')
+    assert [{k: r[k] for k in keys} for r in merged['runs']] == [{k: r[k] for k in keys} for r in alone['runs']]
+    assert [r['epochs'] for r in merged['runs']] == [r['epochs'] for r in alone['runs']]
+    assert [r['seed'] for r in merged['runs']] == [6, 7, 8]
+
+
+def test_one_merged_log_records_the_processes(fan_out):
+    two, _ = fan_out
+    folder = log_dir_of(two.stdout)
+    log = read_log(folder)
+    assert log['status'] == 'complete' and log['world_size'] == 2 and log['summary']['n'] == 3
+    assert [(r['run'], r['rank'], r['device']) for r in log['runs']] == [(1, 0, 'cpu'), (2, 1, 'cpu'), (3, 0, 'cpu')]
+    assert [(p['rank'], p['status'], p['device']) for p in log['processes']] == [(0, 'complete', 'cpu'),
+                                                                                  (1, 'complete', 'cpu')]
+    assert sorted(p.name for p in folder.iterdir()) == ['.lock', 'log.json', 'log.pt', 'runs-rank0.json',
+                                                         'runs-rank1.json']
+    # rank 0 prints: its own runs' rows, then one line per run and a single summary
+    out = two.stdout
+    assert out.count('Mean:') == 1 and out.count('log: ') == 2
+    assert [line.split('|')[1].strip() for line in out.splitlines() if line.startswith('|') and
+            line.split('|')[1].strip() not in ('', 'run')] == ['1', '3']
+    assert 'run 2: TTA accuracy' in out and '(rank 1, cpu)' in out
+
+
+def test_the_summary_tests_the_mean_against_the_target(fan_out):
+    two, _ = fan_out
+    log = read_log(log_dir_of(two.stdout))
+    accs = [r['tta_val_acc'] for r in log['runs']]
+    expected = stats.ttest_1samp(accs, 0.5, alternative='greater')
+    s = log['summary']
+    assert s['target'] == 0.5
+    assert s['t'] == pytest.approx(expected.statistic, rel=1e-9) and s['p_value'] == pytest.approx(expected.pvalue, rel=1e-6)
+    assert f"p = {s['p_value']:.4g} with n = 3" in two.stdout
+
+
+@pytest.mark.parametrize('target', [0.9390, 0.9395, 0.9405])
+def test_p_value_and_runs_needed_against_scipy(ab94, target):
+    accs = [0.9401, 0.9395, 0.9410, 0.9388, 0.9420, 0.9399, 0.9413]
+    s = ab94.summarize(accs, target)
+    expected = stats.ttest_1samp(accs, target, alternative='greater')
+    assert s['t'] == pytest.approx(expected.statistic, rel=1e-9)
+    assert s['p_value'] == pytest.approx(expected.pvalue, rel=1e-6, abs=1e-12)
+    mean, std = sum(accs) / len(accs), stats.tstd(accs)
+
+    def enough(n):  # runs with this mean and std reach p < 0.05 at n
+        return stats.t.sf((mean - target) / (std / n**0.5), n - 1) < 0.05
+    if mean > target:
+        n = s['runs_needed']
+        assert enough(n) and not enough(n - 1)
+    else:
+        assert s['runs_needed'] is None
+
+
+def test_welch_and_t_tail_against_scipy():
+    a, b = [0.9401, 0.9395, 0.9410, 0.9388, 0.9420], [0.9380, 0.9392, 0.9371, 0.9399]
+    w = summarize_logs.welch(a, b)
+    expected = stats.ttest_ind(a, b, equal_var=False)
+    assert w['t'] == pytest.approx(expected.statistic, rel=1e-9)
+    assert w['p_two_sided'] == pytest.approx(expected.pvalue, rel=1e-6)
+    assert w['difference'] == pytest.approx(sum(a) / 5 - sum(b) / 4)
+    for t, df in ((2.5, 3.7), (-1.2, 17.3), (0.3, 1.0), (4.0, 250.0)):
+        assert summarize_logs.t_sf(t, df) == pytest.approx(stats.t.sf(t, df), rel=1e-7)
+
+
+def test_killing_one_process_keeps_every_finished_run(cifar_dir, tmp_path):
+    cmd, env = torchrun('--data-dir', cifar_dir, '--log-dir', str(tmp_path), '--runs', '40', '--seed', '1', *ARGS)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    folder, deadline = None, time.time() + 300
+    try:
+        for line in proc.stdout:
+            if line.startswith('log: '):
+                folder = Path(line[5:].strip())
+                break
+        while time.time() < deadline:  # until each process has finished at least one run
+            time.sleep(0.5)
+            with_pids = [p for p in read_log(folder).get('processes', []) if 'pid' in p]
+            if {r['rank'] for r in read_log(folder)['runs']} == {0, 1} and len(with_pids) == 2:
+                break
+        before = {r['run'] for r in read_log(folder)['runs']}
+        os.kill(next(p['pid'] for p in read_log(folder)['processes'] if p['rank'] == 1), signal.SIGKILL)
+        proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    log = read_log(folder)
+    after = {r['run'] for r in log['runs']}
+    assert before <= after and len(after) < 40, (before, after)
+    assert log['status'] == 'interrupted'  # rank 0 was stopped by torchrun and says so
+    part = json.loads((folder / 'runs-rank1.json').read_text())  # the killed process's finished runs
+    assert {r['run'] for r in part['runs']} <= after and part['runs']
+
+
+def test_the_summary_tool_tabulates_compares_and_plots(fan_out, tmp_path):
+    two, one = fan_out
+    a, b = log_dir_of(two.stdout), log_dir_of(one.stdout)
+    png = tmp_path / 'curves.png'
+    proc = subprocess.run([sys.executable, str(REPO / 'tools' / 'summarize_logs.py'), str(a), str(b),
+                           '--target', '50', '--plot', str(png)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ['log', 'script', 'device', 'torch', 'n', 'mean', 'std', '95%', 'CI', 's/run',
+                                'PFLOPs', 'status']
+    first, second = lines[1].split(), lines[2].split()
+    assert first[0] == a.name and first[2:4] == ['cpu', 'x2'] and second[0] == b.name and second[2] == 'cpu'
+    accs = [r['tta_val_acc'] for r in read_log(a)['runs']]
+    assert f'{100 * sum(accs) / 3:.2f}' in lines[1] and 'complete' in lines[1]
+    assert 'difference of the means (first - second): +0.000 points' in proc.stdout  # the same runs
+    assert proc.stdout.count('mean > 50.00%?') == 2
+    assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and png.stat().st_size > 10_000
+    bad = subprocess.run([sys.executable, str(REPO / 'tools' / 'summarize_logs.py'), str(tmp_path / 'nothing')],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and 'is not a log' in bad.stderr and 'Traceback' not in bad.stderr
