@@ -41,7 +41,18 @@ CARRIED = {
     'airbench96_faster.py': SGD_FAMILY + ('reinit',),
 }
 # the ablation ladder (issue 10): one entry per rung
+_NO_FEATURES = tuple(b for b in SGD_FAMILY if b not in ('conv', 'whitening', 'lookahead'))  # main0's blocks
 CARRIED.update({
+    'ablations/train_resnet18.py': HARNESS + ('loader', 'tta', 'steps', 'schedule'),
+    'ablations/main0_network.py': _NO_FEATURES,                              # its own default-init Conv
+    'ablations/main1_whiten.py': _NO_FEATURES + ('whitening',),              # its own default-init Conv
+    'ablations/main2_dirac.py': _NO_FEATURES + ('whitening', 'conv'),
+    'ablations/main3_scalebias.py': _NO_FEATURES + ('whitening', 'conv'),
+    'ablations/main4_freeze.py': _NO_FEATURES + ('whitening', 'conv'),
+    'ablations/main5_lookahead.py': SGD_FAMILY,
+    'ablations/main6_tta.py': SGD_FAMILY,
+    'ablations/main7_mirror.py': SGD_FAMILY,
+    'ablations/main8_compile.py': SGD_FAMILY + ('reinit',),
 })
 # the prior records (issue 11)
 CARRIED.update({
