@@ -38,9 +38,11 @@ command line, driver), the same text in every script. "#=== shared: NAME" marks 
 other scripts carry verbatim; tools/shared_blocks.py keeps the copies identical.
 """
 
+#=== shared: imports
 import argparse
 import contextlib
 import copy
+import datetime
 import difflib
 import json
 import math
@@ -49,6 +51,7 @@ import pickle
 import platform
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -58,8 +61,10 @@ import uuid
 from math import ceil
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+#=== end shared: imports
 
 #############################################
 #              Hyperparameters              #

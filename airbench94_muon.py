@@ -35,9 +35,11 @@ command line, driver), the same text in every script. "#=== shared: NAME" marks 
 other scripts carry verbatim; tools/shared_blocks.py keeps the copies identical.
 """
 
+#=== shared: imports
 import argparse
 import contextlib
 import copy
+import datetime
 import difflib
 import json
 import math
@@ -46,6 +48,7 @@ import pickle
 import platform
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -55,8 +58,10 @@ import uuid
 from math import ceil
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+#=== end shared: imports
 
 #############################################
 #              Hyperparameters              #

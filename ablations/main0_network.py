@@ -32,6 +32,7 @@ the same text in every script. "#=== shared: NAME" marks a block that other scri
 verbatim; tools/shared_blocks.py keeps the copies identical.
 """
 
+#=== shared: imports
 import argparse
 import contextlib
 import copy
@@ -57,6 +58,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+#=== end shared: imports
 
 #############################################
 #              Hyperparameters              #

@@ -29,6 +29,7 @@ driver), the same text in every script. "#=== shared: NAME" marks a block that o
 carry verbatim; tools/shared_blocks.py keeps the copies identical.
 """
 
+#=== shared: imports
 import argparse
 import contextlib
 import copy
@@ -54,6 +55,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+#=== end shared: imports
 
 #############################################
 #              Hyperparameters              #

@@ -31,6 +31,7 @@ command line, driver), the same text in every script. "#=== shared: NAME" marks 
 other scripts carry verbatim; tools/shared_blocks.py keeps the copies identical.
 """
 
+#=== shared: imports
 import argparse
 import contextlib
 import copy
@@ -56,6 +57,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+#=== end shared: imports
 
 #############################################
 #              Hyperparameters              #

@@ -34,6 +34,7 @@ the same text in every script. "#=== shared: NAME" marks a block that other scri
 verbatim; tools/shared_blocks.py keeps the copies identical.
 """
 
+#=== shared: imports
 import argparse
 import contextlib
 import copy
@@ -59,6 +60,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+#=== end shared: imports
 
 #############################################
 #              Hyperparameters              #

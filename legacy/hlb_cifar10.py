@@ -45,6 +45,7 @@ command line, driver), the same text in every script. "#=== shared: NAME" marks 
 other scripts carry verbatim; tools/shared_blocks.py keeps the copies identical.
 """
 
+#=== shared: imports
 import argparse
 import contextlib
 import copy
@@ -64,12 +65,13 @@ import tarfile
 import tempfile
 import time
 import uuid
-from math import ceil, floor
+from math import ceil
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+#=== end shared: imports
 
 #############################################
 #              Hyperparameters              #
@@ -472,7 +474,7 @@ def train(hyp, dev, data, run, seed):
     if run == 'warmup':  # only warms up the device, so the labels may as well be noise
         train_loader.labels = torch.randint(0, NUM_CLASSES, size=train_loader.labels.shape, device=dev.torch_device)
     total_steps = train_steps(o, len(train_loader.images))
-    lookahead_start = floor(o['train_epochs']) - o['lookahead_epochs']  # epoch index
+    lookahead_start = math.floor(o['train_epochs']) - o['lookahead_epochs']  # epoch index
 
     model = prepare(dev, make_net(hyp))
     optimizer = make_optimizer(model, o)

@@ -21,9 +21,9 @@ ARGS = [*TINY, '--set', 'opt.train_epochs=2', '--no-warmup']
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
 
 
-def torchrun(*args, nproc=2, **kwargs):
+def torchrun(*args, nproc=2, script='airbench94'):
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc),
-           str(REPO / 'airbench94.py'), *args]
+           str(REPO / f'{script}.py'), *args]
     env = {k: v for k, v in os.environ.items() if k not in ('AIRBENCH_DATA', 'OMP_NUM_THREADS')}
     return cmd, {**env, 'PYTHONUNBUFFERED': '1'}
 
@@ -157,3 +157,14 @@ def test_the_summary_tool_tabulates_compares_and_plots(fan_out, tmp_path):
     bad = subprocess.run([sys.executable, str(REPO / 'tools' / 'summarize_logs.py'), str(tmp_path / 'nothing')],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and 'is not a log' in bad.stderr and 'Traceback' not in bad.stderr
+
+
+def test_another_script_fans_out_too(cifar_dir, tmp_path):
+    """The driver is a shared block: airbench95's copy runs under torchrun as airbench94's does."""
+    cmd, env = torchrun('--data-dir', cifar_dir, '--log-dir', str(tmp_path), '--runs', '2', '--seed', '3', *ARGS,
+                        '--set', 'opt.train_epochs=1', script='airbench95')
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    log = read_log(log_dir_of(proc.stdout))
+    assert log['status'] == 'complete' and [r['rank'] for r in log['runs']] == [0, 1]

@@ -129,3 +129,14 @@ def test_the_harness_comes_last_under_its_banner():
     loader = sb.parse(text)['loader']
     below = text + '\n#=== shared: extra\n' + loader + '#=== end shared: extra\n'
     assert 'only main()' in sb.harness_layout(below, 'x.py')[0]
+
+
+def test_a_name_a_script_never_imports_is_reported():
+    text = (REPO / 'airbench95.py').read_text()
+    assert sb.undefined_names(text, 'airbench95.py') == []
+    broken = text.replace('import signal\n', '', 1)
+    problems = sb.undefined_names(broken, 'airbench95.py')
+    assert problems == ["airbench95.py: start() uses 'signal', which the script never defines or imports"]
+    # and every script must carry airbench94's imports verbatim, whatever its list says
+    drifted = sb.drift(broken, REFERENCES, sb.CARRIED['airbench95.py'], 'airbench95.py')
+    assert [name for name, _ in drifted] == ['imports']

@@ -12,12 +12,15 @@ each the same text as the reference's copy.
 text differs from the reference; a block a script carries but is not listed for; a script of
 the project (airbench*.py, ablations/*.py, legacy/*.py) that is not listed at all; a harness
 banner missing, or anything but the harness blocks in order below it (the method goes above);
-and a top-level function or class defined twice in one script (the later one silently wins).
+a top-level function or class defined twice in one script (the later one silently wins); and a
+global name a function uses that the script never defines or imports.
 tests/test_shared_blocks.py runs the check.
 """
 import ast
+import builtins
 import difflib
 import re
+import symtable
 import sys
 from pathlib import Path
 
@@ -26,7 +29,8 @@ SCRIPT_GLOBS = ('airbench*.py', 'ablations/*.py', 'legacy/*.py')
 
 HARNESS = ('errors', 'device', 'data-files', 'logging', 'cli', 'driver')
 METHOD = ('loader', 'batchnorm', 'conv', 'whitening', 'lookahead', 'tta', 'steps', 'schedule', 'optimizer')
-REFERENCE = {name: 'airbench94.py' for name in HARNESS + METHOD}
+ALWAYS = ('imports',)  # every script starts with airbench94's imports: the harness needs them all
+REFERENCE = {name: 'airbench94.py' for name in ALWAYS + HARNESS + METHOD}
 REFERENCE['reinit'] = 'airbench94_compiled.py'  # only the scripts that keep one net per invocation
 ALL = tuple(REFERENCE)
 
@@ -139,11 +143,28 @@ def harness_layout(text, where='<text>'):
     return []
 
 
+def undefined_names(text, where='<text>'):
+    """Messages for every global name a function of text reads that the module never defines
+    (a shared block copied into a script that lacks one of its imports fails only when run)."""
+    top = symtable.symtable(text, where, 'exec')
+    defined = set(top.get_identifiers()) | set(dir(builtins)) | {'__file__', '__doc__', '__name__', '__spec__'}
+    problems, scopes = [], list(top.get_children())
+    while scopes:
+        scope = scopes.pop()
+        scopes += scope.get_children()
+        for sym in scope.get_symbols():
+            if sym.is_global() and sym.is_referenced() and sym.get_name() not in defined:
+                problems.append(f"{where}: {scope.get_name()}() uses {sym.get_name()!r}, which the script never "
+                                'defines or imports')
+    return sorted(set(problems))
+
+
 def drift(script_text, references, carried, script='<script>'):
     """[(block, message)] for every listed block that is missing or differs from its reference, and
     every block the script carries but is not listed for. references: {block: reference text}."""
     own = parse(script_text, script)
     problems = []
+    carried = tuple(ALWAYS) + tuple(b for b in carried if b not in ALWAYS)
     for name in carried:
         if name not in own:
             problems.append((name, f'{script} lacks the shared block {name!r}'))
@@ -198,6 +219,7 @@ def problems(repo=REPO, carried=CARRIED):
         except MarkerError as e:
             out.append(str(e))
         out += harness_layout(text, script)
+        out += undefined_names(text, script)
         out += defined_twice(text, script)
     return out
 
@@ -212,7 +234,7 @@ def main(argv):
             if not path.exists():
                 continue
             text = path.read_text()
-            new = replace_blocks(text, references, [b for b in blocks if REFERENCE[b] != script])
+            new = replace_blocks(text, references, [b for b in ALWAYS + tuple(blocks) if REFERENCE[b] != script])
             if new != text:
                 path.write_text(new)
                 print(f'updated {script}')
