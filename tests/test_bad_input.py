@@ -235,8 +235,11 @@ def test_interrupt_keeps_the_finished_runs(cifar_dir, tmp_path):
     logs = tmp_path / 'logs'
     cmd = [sys.executable, str(REPO / f'{SCRIPT}.py'), '--data-dir', cifar_dir, '--log-dir', str(logs),
            '--runs', '50', '--no-warmup', '--seed', '1', *TINY]
+    # a shell starts background jobs with SIGINT ignored, and children inherit that: give Ctrl-C
+    # back its default, so the test means the same however pytest itself was started
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+                            env={**os.environ, 'PYTHONUNBUFFERED': '1'},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     folder = None
     for line in proc.stdout:
         if line.startswith('log: '):
