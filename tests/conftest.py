@@ -13,6 +13,14 @@ import synthetic  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
+# pytest-xdist (the `test` extra; `-n auto` in pyproject.toml) runs one worker per core: give each
+# worker, and every script it starts, one thread, so the workers share the cores instead of
+# oversubscribing them. Tests that need another thread count set OMP_NUM_THREADS themselves.
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    os.environ.setdefault('OMP_NUM_THREADS', '1')
+    import torch
+    torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
+
 # Overrides that make any airbench94-like script train in about a second on the synthetic data:
 # 2,000 images in batches of 200 = 10 steps per epoch, narrow blocks.
 TINY = ['--set', 'opt.batch_size=200', '--set', 'opt.train_epochs=3',

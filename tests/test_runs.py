@@ -15,6 +15,9 @@ FAST = {name: [*TINY, '--set', 'opt.whiten_bias_epochs=1'] for name in SCRIPTS}
 FAST['airbench96_faster'] += ['--set', 'opt.batch_size_masked=100', '--set', 'proxy.widths.block1=8']
 
 
+EPOCHS_2 = ['--set', 'opt.train_epochs=2']
+
+
 def invoke(name, *args, cifar_dir, tmp_path, prelude=''):
     """Runs the script as `python script.py args`, after executing `prelude` in the same process."""
     code = ('import runpy, sys\n' + prelude +
@@ -33,9 +36,9 @@ def fingerprint(run):
 @pytest.mark.parametrize('name', SCRIPTS)
 def test_run_k_equals_run_1_of_the_seed_k_minus_1(name, cifar_dir, tmp_path):
     """Run 2 of `--seed 10 --runs 2` (after the warmup and run 1) is run 1 of `--seed 11 --runs 1`:
-    both use seed 12."""
-    many = invoke(name, '--seed', '10', '--runs', '2', cifar_dir=cifar_dir, tmp_path=tmp_path)
-    one = invoke(name, '--seed', '11', '--runs', '1', '--no-warmup', cifar_dir=cifar_dir, tmp_path=tmp_path)
+    both use seed 12. Two epochs, the whitening bias frozen after the first."""
+    many = invoke(name, '--seed', '10', '--runs', '2', *EPOCHS_2, cifar_dir=cifar_dir, tmp_path=tmp_path)
+    one = invoke(name, '--seed', '11', '--runs', '1', '--no-warmup', *EPOCHS_2, cifar_dir=cifar_dir, tmp_path=tmp_path)
     for proc in (many, one):
         no_traceback(proc)
         assert proc.returncode == 0, proc.stderr
