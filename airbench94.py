@@ -977,16 +977,10 @@ class RunLog:
         self.write()
 
     def adopt(self, part):
-        """Takes in another process's runs, gathered at the end (for a folder it could not write)."""
-        if part['rank'] != self.rank and len(part['runs']) >= len(self.read_part(part['rank'])['runs']):
+        """Takes in another process's final runs, gathered at the end: on another node it may have
+        written them into a folder this one cannot see."""
+        if part['rank'] != self.rank:
             write_json(self.part_path(part['rank']), part)
-
-    def read_part(self, rank):
-        try:
-            with open(self.part_path(rank)) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return {'runs': []}
 
     def finish(self, status, message=None):
         self.part.update(status=status, finished=time.strftime('%Y-%m-%d %H:%M:%S'))
