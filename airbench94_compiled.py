@@ -31,11 +31,13 @@ Run:
 Needs: torch; numpy to read the official CIFAR-10 files; torchvision only to download them.
 Data: --data-dir DIR, else $AIRBENCH_DATA, else ./cifar10 (README.md, "Data").
 Results: README.md, "Results"; every figure of ours there names its log in logs/.
+Your runs: each invocation writes logs/<script>-<date>-<time>-<id>/log.json and log.pt
+(--log-dir); the scripts print the path.
 
-Layout: the method first (hyperparameters, loader, network, whitening, lookahead, evaluation,
-training), then one banner and the harness (errors, device and timer, data files, logging,
-command line, driver), the same text in every script. "#=== shared: NAME" marks a block that
-other scripts carry verbatim; tools/shared_blocks.py keeps the copies identical.
+Layout: the method first, from the hyperparameters to the training loop and its FLOPs count,
+then one banner and the harness (errors, device and timer, data files, logging, command line,
+driver), the same text in every script. "#=== shared: NAME" marks a block that other scripts
+carry verbatim; tools/shared_blocks.py keeps the copies identical.
 """
 
 #=== shared: imports
@@ -285,6 +287,7 @@ class ConvGroup(nn.Module):
         return x
 
 
+#=== shared: mul
 class Mul(nn.Module):
     def __init__(self, scale):
         super().__init__()
@@ -292,6 +295,7 @@ class Mul(nn.Module):
 
     def forward(self, x):
         return x * self.scale
+#=== end shared: mul
 
 
 def make_net(hyp):
@@ -670,8 +674,10 @@ class Device:
             info['gpu'] = torch.cuda.get_device_name(self.torch_device)
             with contextlib.suppress(OSError, subprocess.SubprocessError):
                 info['nvidia_smi'] = subprocess.run(['nvidia-smi'], capture_output=True, text=True, timeout=10).stdout
-        info['summary'] = (f"{self.type} ({info['gpu'] or info['cpu']}; {model} weights"
-                           + (f', {autocast} autocast forward)' if autocast else ')') + (f'; note: {self.note}' * bool(self.note)))
+        info['summary'] = f"{self.type} ({info['gpu'] or info['cpu']}; {model} weights" \
+            + (f', {autocast} autocast forward)' if autocast else ')')
+        if self.note:
+            info['summary'] += f'; note: {self.note}'
         return info
 
 
@@ -867,8 +873,12 @@ def print_row(cells, rule_before=False, rule_after=False):
     def fmt(value):
         return '' if value is None else f'{value:.4f}' if isinstance(value, float) else str(value)
     line = '| ' + ' | '.join(fmt(cells.get(c)).rjust(max(len(c), 6)) for c in COLUMNS) + ' |'
-    rule = ['-' * len(line)]
-    print('\n'.join(rule * rule_before + [line] + rule * rule_after), flush=True)
+    rows, rule = [line], '-' * len(line)
+    if rule_before:
+        rows.insert(0, rule)
+    if rule_after:
+        rows.append(rule)
+    print('\n'.join(rows), flush=True)
 
 
 def t_cdf(t, df):
@@ -915,9 +925,9 @@ def summarize(accs, target=None):
         s['t'] = (mean - target) / (std / math.sqrt(n))
         s['p_value'] = 1 - t_cdf(s['t'], n - 1)
         if mean > target:  # smallest m with t_0.95(m - 1) * std / sqrt(m) < mean - target
-            m = max(2, math.ceil((1.6448536 * std / (mean - target))**2))
-            while t_quantile(0.95, m - 1) * std / math.sqrt(m) >= mean - target:
-                m += 1
+            m = max(2, math.ceil((1.6448536 * std / (mean - target))**2))  # the normal approximation
+            while m < 10000 and t_quantile(0.95, m - 1) * std / math.sqrt(m) >= mean - target:
+                m += 1  # beyond 10,000 runs (slow to search) the approximation is a few runs short at most
             s['runs_needed'] = m
     return s
 
@@ -958,18 +968,23 @@ def write_json(path, obj):
 
 @contextlib.contextmanager
 def file_lock(path):
-    """An exclusive lock on path between processes (fcntl; none where it does not exist)."""
+    """An exclusive lock on path between processes: fcntl's flock, else none (no fcntl on Windows,
+    and some network filesystems refuse flock; the merge is then only as safe as its atomic writes)."""
     try:
         import fcntl
     except ImportError:
-        yield
-        return
+        fcntl = None
     with open(path, 'a') as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            if fcntl:
+                fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:
+            fcntl = None
         try:
             yield
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            if fcntl:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class RunLog:
@@ -1004,7 +1019,7 @@ class RunLog:
                             parts.append(json.load(f))
                 self.record['processes'] = [{k: v for k, v in p.items() if k != 'runs'} for p in parts]
             statuses = [p['status'] for p in parts]
-            status = next((s for s in ('diverged', 'interrupted') if s in statuses), None) or \
+            status = next((s for s in ('diverged', 'failed', 'interrupted') if s in statuses), None) or \
                 ('complete' if statuses == ['complete'] * self.world else 'running')
             runs = sorted((r for p in parts for r in p['runs']), key=lambda r: r['run'])
             accs = [r['tta_val_acc'] for r in runs]
@@ -1151,6 +1166,26 @@ class Processes:
             raise UserError(value)
         return value
 
+    def in_turn(self, load):
+        """load() in every process, rank 0 first, then the first process of each other node, then
+        the rest: one process per data folder extracts or downloads CIFAR-10 and writes the cache,
+        the others read the cache. A UserError in any process stops them all with its message."""
+        if self.world == 1:
+            return load()
+        value, turn = None, 0 if self.rank == 0 else 1 if self.local_rank == 0 else 2
+        for t in range(3):
+            error = None
+            if t == turn:
+                try:
+                    value = load()
+                except UserError as e:
+                    error = str(e)
+            errors = [None] * self.world
+            dist.all_gather_object(errors, error)
+            if any(errors):
+                raise UserError(next(e for e in errors if e))
+        return value
+
     def gather(self, obj):
         """[obj of every process] on rank 0, None elsewhere."""
         if self.world == 1:
@@ -1184,7 +1219,7 @@ def benchmark(args, hyp, overrides, train_fn, flops_fn, script_path):
 
 
 def run_all(args, hyp, overrides, train_fn, flops_fn, script, code, group, dev):
-    data, source = load_cifar10(args.data_dir)
+    data, source = group.in_turn(lambda: load_cifar10(args.data_dir))
     n_train, n_test = len(data['train']['labels']), len(data['test']['labels'])
     if hyp['opt']['batch_size'] > n_train:
         raise UserError(f"opt.batch_size={hyp['opt']['batch_size']} is larger than the training set "
@@ -1199,7 +1234,8 @@ def run_all(args, hyp, overrides, train_fn, flops_fn, script, code, group, dev):
         'folder': os.path.join(args.log_dir, f"{script}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}")})
     seed = record['seed']
     log = RunLog(record.pop('folder'), code, record, group.rank, group.world)
-    log.part.update(device=str(dev.torch_device), host=platform.node(), pid=os.getpid())
+    log.part.update(device=str(dev.torch_device), host=platform.node(), pid=os.getpid(),
+                    threads=torch.get_num_threads())
     print(f"{script}: {record['environment']['summary']}, torch {torch.__version__}"
           + (f'; {group.world} processes (torchrun), runs dealt round-robin' if group.world > 1 else ''))
     print(f'data: {n_train} train / {n_test} test images from {args.data_dir} ({source}); '
@@ -1219,6 +1255,9 @@ def run_all(args, hyp, overrides, train_fn, flops_fn, script, code, group, dev):
         raise
     except TrainingDiverged as e:
         log.finish('diverged', str(e))
+        raise
+    except Exception as e:  # a bug or the machine (out of memory, ...): the log says so, the traceback shows it
+        log.finish('failed', f'{type(e).__name__}: {e}')
         raise
     log.finish('complete')
     parts = group.gather(log.part)

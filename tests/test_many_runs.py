@@ -10,15 +10,21 @@ from pathlib import Path
 
 import pytest
 
+import synthetic
 from conftest import REPO, TINY, log_dir_of, no_traceback, read_log, run_script
 
 sys.path.insert(0, str(REPO / 'tools'))
 import summarize_logs  # noqa: E402
 
-stats = pytest.importorskip('scipy.stats')  # an independent implementation (the `test` extra installs it)
 
 ARGS = [*TINY, '--set', 'opt.train_epochs=2', '--no-warmup']
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+
+
+@pytest.fixture
+def stats():
+    """scipy.stats, an independent implementation of the tests (the `test` extra installs it)."""
+    return pytest.importorskip('scipy.stats')
 
 
 def torchrun(*args, nproc=2, script='airbench94'):
@@ -59,6 +65,7 @@ def test_one_merged_log_records_the_processes(fan_out):
     assert [(r['run'], r['rank'], r['device']) for r in log['runs']] == [(1, 0, 'cpu'), (2, 1, 'cpu'), (3, 0, 'cpu')]
     assert [(p['rank'], p['status'], p['device']) for p in log['processes']] == [(0, 'complete', 'cpu'),
                                                                                   (1, 'complete', 'cpu')]
+    assert [p['threads'] for p in log['processes']] == [max(1, CORES // 2)] * 2  # the cores divided between them
     assert sorted(p.name for p in folder.iterdir()) == ['.lock', 'log.json', 'log.pt', 'runs-rank0.json',
                                                          'runs-rank1.json']
     # rank 0 prints: its own runs' rows, then one line per run and a single summary
@@ -69,7 +76,7 @@ def test_one_merged_log_records_the_processes(fan_out):
     assert 'run 2: TTA accuracy' in out and '(rank 1, cpu)' in out
 
 
-def test_the_summary_tests_the_mean_against_the_target(fan_out):
+def test_the_summary_tests_the_mean_against_the_target(fan_out, stats):
     two, _ = fan_out
     log = read_log(log_dir_of(two.stdout))
     accs = [r['tta_val_acc'] for r in log['runs']]
@@ -81,7 +88,7 @@ def test_the_summary_tests_the_mean_against_the_target(fan_out):
 
 
 @pytest.mark.parametrize('target', [0.9390, 0.9395, 0.9405])
-def test_p_value_and_runs_needed_against_scipy(ab94, target):
+def test_p_value_and_runs_needed_against_scipy(ab94, target, stats):
     accs = [0.9401, 0.9395, 0.9410, 0.9388, 0.9420, 0.9399, 0.9413]
     s = ab94.summarize(accs, target)
     expected = stats.ttest_1samp(accs, target, alternative='greater')
@@ -98,7 +105,7 @@ def test_p_value_and_runs_needed_against_scipy(ab94, target):
         assert s['runs_needed'] is None
 
 
-def test_welch_and_t_tail_against_scipy():
+def test_welch_and_t_tail_against_scipy(stats):
     a, b = [0.9401, 0.9395, 0.9410, 0.9388, 0.9420], [0.9380, 0.9392, 0.9371, 0.9399]
     w = summarize_logs.welch(a, b)
     expected = stats.ttest_ind(a, b, equal_var=False)
@@ -159,12 +166,17 @@ def test_the_summary_tool_tabulates_compares_and_plots(fan_out, tmp_path):
     assert bad.returncode == 2 and 'is not a log' in bad.stderr and 'Traceback' not in bad.stderr
 
 
-def test_another_script_fans_out_too(cifar_dir, tmp_path):
-    """The driver is a shared block: airbench95's copy runs under torchrun as airbench94's does."""
-    cmd, env = torchrun('--data-dir', cifar_dir, '--log-dir', str(tmp_path), '--runs', '2', '--seed', '3', *ARGS,
+def test_another_script_fans_out_too_from_the_archive(tmp_path):
+    """The driver is a shared block: airbench95's copy runs under torchrun as airbench94's does. Its
+    data folder holds only the official archive: one process extracts it and writes the cache while
+    the other waits, then reads the cache (both extracting at once made one of them fail)."""
+    data = synthetic.write_archive(str(tmp_path / 'data'))
+    cmd, env = torchrun('--data-dir', data, '--log-dir', str(tmp_path / 'logs'), '--runs', '2', '--seed', '3', *ARGS,
                         '--set', 'opt.train_epochs=1', script='airbench95')
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     no_traceback(proc)
     assert proc.returncode == 0, proc.stderr
     log = read_log(log_dir_of(proc.stdout))
     assert log['status'] == 'complete' and [r['rank'] for r in log['runs']] == [0, 1]
+    assert log['data']['source'] == 'official archive'
+    assert sorted(os.listdir(data)) == ['cifar-10-batches-py', 'cifar-10-python.tar.gz', 'test.pt', 'train.pt']

@@ -50,6 +50,16 @@ def test_a_missing_block_is_named():
     assert [name for name, _ in problems] == ['tta'] and 'lacks' in problems[0][1]
 
 
+def test_a_reference_that_lost_its_block_is_reported_not_a_crash(copy_of_repo):
+    path = copy_of_repo / 'airbench94.py'
+    path.write_text(path.read_text().replace('#=== shared: tta\n', '').replace('#=== end shared: tta\n', ''))
+    found = sb.problems(copy_of_repo)
+    assert any(m.startswith("airbench94.py, the reference of the shared block 'tta', lacks it") for m in found), found
+    references = {name: (copy_of_repo / script).read_text() for name, script in sb.REFERENCE.items()}
+    with pytest.raises(sb.MarkerError, match="reference of the shared block 'tta'"):
+        sb.replace_blocks((copy_of_repo / 'airbench95.py').read_text(), references, ['tta'])
+
+
 @pytest.mark.parametrize('text, match', [
     ('#=== shared: a\nx\n', 'never closed'),
     ('#=== shared: a\n#=== shared: b\n#=== end shared: b\n#=== end shared: a\n', 'opens inside'),

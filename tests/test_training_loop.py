@@ -81,6 +81,7 @@ def test_schedule_groups_lookahead_and_bias_freeze_per_step(name, data, monkeypa
         assert len(rec['steps']) == TOTAL
         for step, seen in enumerate(rec['steps']):
             multiplier = expected_multiplier(step, o['lr_start'], o['lr_peak_at'], o['lr_end'])
+            assert len(seen['lr']) == len(seen['weight_decay']) == len(groups)  # no group lost or merged
             for (lr, wd), seen_lr, seen_wd in zip(groups, seen['lr'], seen['weight_decay']):
                 assert seen_lr == pytest.approx(lr * multiplier, rel=1e-9), (step, seen_lr, lr * multiplier)
                 assert seen_wd == pytest.approx(wd, rel=1e-9)

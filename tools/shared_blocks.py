@@ -8,13 +8,22 @@ each the same text as the reference's copy.
     python tools/shared_blocks.py check    # names every problem below (exit 1 if any)
     python tools/shared_blocks.py sync     # copies each reference block into the scripts that carry it
 
-`check` reports: malformed or unbalanced markers; a listed block that a script lacks or whose
-text differs from the reference; a block a script carries but is not listed for; a script of
-the project (airbench*.py, ablations/*.py, legacy/*.py) that is not listed at all; a harness
-banner missing, or anything but the harness blocks in order below it (the method goes above);
-a top-level function or class defined twice in one script (the later one silently wins); and a
-global name a function uses that the script never defines or imports.
-tests/test_shared_blocks.py runs the check.
+`check` reports: malformed or unbalanced markers; a block its reference script lacks; a listed
+block that a script lacks or whose text differs from the reference; a block a script carries
+but is not listed for; a script of the project (airbench*.py, ablations/*.py, legacy/*.py) that
+is not listed at all; a harness banner missing, or anything but the harness blocks in order
+below it (the method goes above); a top-level function or class defined twice in one script
+(the later one silently wins); and a global name a function uses that the script never defines
+or imports. tests/test_shared_blocks.py runs the check.
+
+What is a block: every piece of the method that scripts share word for word (the loader,
+BatchNorm, Conv, Mul, whitening, lookahead, TTA, step count, lr schedule, optimizer), and the
+whole harness. What stays per script: the pieces in which the methods differ (hyp, check_hyp,
+ConvGroup, make_net, train, flops_per_run), even where a few scripts happen to agree today; a
+block around them would add marker lines to the diff of every pair that disagrees, and the diffs
+are what a reader reads. Where such copies must agree, the tests compare them (main7_mirror.py
+and main8_compile.py are airbench94.py and airbench94_compiled.py text for text; consecutive
+rungs differ only in their feature).
 """
 import ast
 import builtins
@@ -28,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT_GLOBS = ('airbench*.py', 'ablations/*.py', 'legacy/*.py')
 
 HARNESS = ('errors', 'device', 'data-files', 'logging', 'cli', 'driver')
-METHOD = ('loader', 'batchnorm', 'conv', 'whitening', 'lookahead', 'tta', 'steps', 'schedule', 'optimizer')
+METHOD = ('loader', 'batchnorm', 'conv', 'mul', 'whitening', 'lookahead', 'tta', 'steps', 'schedule', 'optimizer')
 ALWAYS = ('imports',)  # every script starts with airbench94's imports: the harness needs them all
 REFERENCE = {name: 'airbench94.py' for name in ALWAYS + HARNESS + METHOD}
 REFERENCE['reinit'] = 'airbench94_compiled.py'  # only the scripts that keep one net per invocation
@@ -47,7 +56,7 @@ CARRIED = {
 # the ablation ladder (issue 10): one entry per rung
 _NO_FEATURES = tuple(b for b in SGD_FAMILY if b not in ('conv', 'whitening', 'lookahead'))  # main0's blocks
 CARRIED.update({
-    'ablations/train_resnet18.py': HARNESS + ('loader', 'tta', 'steps', 'schedule'),
+    'ablations/train_resnet18.py': HARNESS + ('loader', 'tta', 'steps', 'schedule'),  # no Mul
     'ablations/main0_network.py': _NO_FEATURES,                              # its own default-init Conv
     'ablations/main1_whiten.py': _NO_FEATURES + ('whitening',),              # its own default-init Conv
     'ablations/main2_dirac.py': _NO_FEATURES + ('whitening', 'conv'),
@@ -61,9 +70,9 @@ CARRIED.update({
 # the prior records (issue 11)
 CARRIED.update({
     # its own ghost BatchNorm, 3x3 whitening, EMA (not lookahead), lr schedule and SGD
-    'legacy/cifar10_fast.py': HARNESS + ('loader', 'tta', 'steps'),
+    'legacy/cifar10_fast.py': HARNESS + ('loader', 'mul', 'tta', 'steps'),
     # its own loader (its crop quirk, CutMix), conv init, chunked whitening, lr schedule and SGD
-    'legacy/hlb_cifar10.py': HARNESS + ('batchnorm', 'lookahead', 'tta', 'steps'),
+    'legacy/hlb_cifar10.py': HARNESS + ('batchnorm', 'mul', 'lookahead', 'tta', 'steps'),
 })
 
 MARKER = re.compile(r'^#=== (end shared|shared): ([\w-]+)$')
@@ -159,6 +168,11 @@ def undefined_names(text, where='<text>'):
     return sorted(set(problems))
 
 
+def reference_block(references, name):
+    """The text of block name in its reference script, None if the reference lacks it."""
+    return parse(references[name], REFERENCE[name]).get(name)
+
+
 def drift(script_text, references, carried, script='<script>'):
     """[(block, message)] for every listed block that is missing or differs from its reference, and
     every block the script carries but is not listed for. references: {block: reference text}."""
@@ -166,10 +180,14 @@ def drift(script_text, references, carried, script='<script>'):
     problems = []
     carried = tuple(ALWAYS) + tuple(b for b in carried if b not in ALWAYS)
     for name in carried:
+        ref = reference_block(references, name)
+        if ref is None:
+            problems.append((name, f'{REFERENCE[name]}, the reference of the shared block {name!r}, lacks it: '
+                                   'restore its markers there'))
+            continue
         if name not in own:
             problems.append((name, f'{script} lacks the shared block {name!r}'))
             continue
-        ref = parse(references[name], REFERENCE[name])[name]
         if own[name] != ref:
             diff = ''.join(list(difflib.unified_diff(ref.splitlines(True), own[name].splitlines(True),
                                                      f'{REFERENCE[name]} [{name}]', f'{script} [{name}]', n=1))[:40])
@@ -184,7 +202,9 @@ def drift(script_text, references, carried, script='<script>'):
 def replace_blocks(script_text, references, carried):
     """script_text with each carried block replaced by its reference's text."""
     for name in carried:
-        ref = parse(references[name], REFERENCE[name])[name]
+        ref = reference_block(references, name)
+        if ref is None:
+            raise MarkerError(f'{REFERENCE[name]}, the reference of the shared block {name!r}, lacks it')
         pattern = re.compile(rf'(^#=== shared: {re.escape(name)}\n).*?(^#=== end shared: {re.escape(name)}$)',
                              re.S | re.M)
         script_text, n = pattern.subn(lambda m: m.group(1) + ref + m.group(2), script_text)
@@ -234,7 +254,11 @@ def main(argv):
             if not path.exists():
                 continue
             text = path.read_text()
-            new = replace_blocks(text, references, [b for b in ALWAYS + tuple(blocks) if REFERENCE[b] != script])
+            try:
+                new = replace_blocks(text, references, [b for b in ALWAYS + tuple(blocks) if REFERENCE[b] != script])
+            except MarkerError as e:
+                print(f'{script} not updated: {e}')
+                continue
             if new != text:
                 path.write_text(new)
                 print(f'updated {script}')
