@@ -60,8 +60,11 @@ FEATURES = {
         lines={'check_hyp': r'lookahead', 'train': r'lookahead'}, blocks={'lookahead'}, banners={'Lookahead'}),
     'main6_tta': Feature(keys={'net.tta_level'}),
     'main7_mirror': Feature(keys={'aug.flip'}),
-    'main8_compile': Feature(keys=set(), units={'compile_net', 'reinit_net', 'graphs_compiled', 'train', 'main'},
-                             blocks={'reinit'}),
+    'main8_compile': Feature(
+        keys=set(), units={'compile_net', 'reinit_net', 'graphs_compiled'}, blocks={'reinit'},
+        lines={'train': r'compiled|reinit_net|def train\(|One training run|model = dev\.prepare\(make_net\(hyp\)\)'
+                        r"|outputs = model\(inputs\)|evaluate\(model, test_loader|'steps': step, 'epochs': history}$",
+               'main': r'compiled|net = \[\]|net\.extend|if not net:|return train\(|return benchmark\(args, run_hyp'}),
 }
 PAIRS = list(zip(RUNGS, RUNGS[1:]))
 
@@ -413,3 +416,32 @@ def diff_counts(before, after, tmp_path):
 def test_readme_lists_the_size_of_each_diff(before, after, tmp_path):
     _, whole, code = readme_row(f'`diff ablations/{before}.py ablations/{after}.py`')
     assert [whole, code] == diff_counts(before, after, tmp_path)
+
+
+def test_train_resnet18_follows_its_fact_sheet():
+    """The baseline's recipe (ablations/README.md, "The baseline: ResNet-18"), written out here."""
+    m = module('train_resnet18')
+    o, a, n = m.hyp['opt'], m.hyp['aug'], m.hyp['net']
+    assert (o['batch_size'], o['train_epochs'], m.train_steps(o, 50_000)) == (500, 26.0, 2600)
+    assert (o['lr'], o['momentum'], o['weight_decay'], o['label_smoothing']) == (0.2, 0.9, 5e-4, 0.0)
+    assert (a['flip'], a['translate'], a['cutout'], n['tta_level']) == ('random', 4, 12, 1)
+    schedule = m.lr_schedule(2600, o['lr_start'], o['lr_peak_at'], o['lr_end'])
+    assert schedule[0] == pytest.approx(0.2) and schedule[260] == pytest.approx(0.6)  # linear warmup over 20%
+    assert schedule[520] == pytest.approx(1.0) and schedule[1560] == pytest.approx(0.5) and schedule[2600] == 0.0
+    net = m.make_net(m.hyp)
+    assert sum(p.numel() for p in net.parameters()) == 11_173_962
+    stem = net[0]
+    assert (stem.in_channels, stem.out_channels, stem.kernel_size, stem.stride, stem.bias) == (3, 64, (3, 3), (1, 1), None)
+    assert not any(isinstance(x, nn.MaxPool2d) for x in net.modules())
+    blocks = [x for x in net if isinstance(x, m.BasicBlock)]
+    assert [(b.conv1.in_channels, b.conv1.out_channels, b.conv1.stride[0], len(b.shortcut)) for b in blocks] == [
+        (64, 64, 1, 0), (64, 64, 1, 0), (64, 128, 2, 2), (128, 128, 1, 0),
+        (128, 256, 2, 2), (256, 256, 1, 0), (256, 512, 2, 2), (512, 512, 1, 0)]
+    assert isinstance(net[-3], nn.AvgPool2d) and net[-3].kernel_size == 4
+    assert (net[-1].in_features, net[-1].out_features) == (512, 10) and net[-1].bias is not None
+    assert all(x.momentum == 0.1 and x.weight.requires_grad for x in net.modules() if isinstance(x, nn.BatchNorm2d))
+    opt = m.make_optimizer(net, o)
+    assert isinstance(opt, torch.optim.SGD) and len(opt.param_groups) == 1
+    g = opt.param_groups[0]
+    assert g['nesterov'] and (g['lr'], g['momentum'], g['weight_decay']) == (0.2, 0.9, 5e-4)
+    assert len(g['params']) == len(list(net.parameters()))
