@@ -404,10 +404,16 @@ def test_network_batchnorm_and_precision(hlb):
     # on CUDA the original keeps BatchNorm in fp16 with the rest: emulated with an fp16 Device on the CPU
     dev = hlb.Device('cpu')
     dev.model_dtype = torch.float16
-    prepared = hlb.prepare(dev, hlb.make_net(hlb.hyp))
+    prepared = hlb.prepare(dev, hlb.make_net(hlb.hyp), fp16_batchnorm=True)
     assert all(p.dtype == torch.float16 for p in prepared.parameters())
     assert all(b.dtype == torch.float16 for m in prepared.modules() if isinstance(m, nn.BatchNorm2d)
                for b in (m.running_mean, m.running_var))
+    # the default keeps BatchNorm in fp32, as airbench does (legacy/README.md says why)
+    assert hlb.hyp['net']['fp16_batchnorm'] is False
+    prepared = hlb.prepare(dev, hlb.make_net(hlb.hyp), fp16_batchnorm=False)
+    norms = [m for m in prepared.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(t.dtype == torch.float32 for m in norms for t in (m.weight, m.bias, m.running_mean, m.running_var))
+    assert prepared[0].weight.dtype == torch.float16
 
 
 def test_hlb_schedule_is_pytorchs_one_cycle(hlb):
@@ -496,3 +502,19 @@ def test_hlb_evaluates_the_lookahead_average(hlb, data, monkeypatch):
     monkeypatch.setattr(hlb, 'evaluate', final_evaluate)
     assert hlb.train(hyp, hlb.Device('cpu'), data, run=1, seed=0)['steps'] == 37  # last sync at 35
     assert all(torch.equal(state['evaluated'][k], v) for k, v in state['ema'].items())
+
+
+def test_hlb_stops_when_a_running_statistic_becomes_nan(hlb, data, monkeypatch):
+    """The loss uses batch statistics, so a NaN in a BatchNorm running statistic (seen on CUDA with
+    fp16 BatchNorm) would only show as 10% accuracy: the run stops with exit status 1 instead."""
+    hyp = tiny(hlb, HLB_TINY, **{'opt.batch_size': 200, 'opt.train_epochs': 3.0, 'opt.lookahead_epochs': 2})
+
+    class Breaking(hlb.LookaheadState):
+        def update(self, net, decay):
+            super().update(net, decay)
+            net[3].norm1.running_var[0] = float('nan')
+
+    monkeypatch.setattr(hlb, 'LookaheadState', Breaking)
+    with pytest.raises(hlb.TrainingDiverged, match=r'state became NaN or infinite by the end of epoch 2 of run 1 '
+                                                   r'\(step 20 of 30: 3\.norm1\.running_var\)'):
+        hlb.train(hyp, hlb.Device('cpu'), data, run=1, seed=0)
