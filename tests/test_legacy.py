@@ -518,3 +518,28 @@ def test_hlb_stops_when_a_running_statistic_becomes_nan(hlb, data, monkeypatch):
     with pytest.raises(hlb.TrainingDiverged, match=r'state became NaN or infinite by the end of epoch 2 of run 1 '
                                                    r'\(step 20 of 30: 3\.norm1\.running_var\)'):
         hlb.train(hyp, hlb.Device('cpu'), data, run=1, seed=0)
+
+
+@pytest.mark.parametrize('name, settings', [('fast', FAST_TINY), ('hlb', HLB_TINY)])
+def test_the_loss_is_summed_with_label_smoothing_0_2(name, settings, request, data, monkeypatch):
+    """Both records: cross-entropy with label smoothing 0.2, summed over the batch, on fp32 logits."""
+    m = request.getfixturevalue(name)
+    hyp = tiny(m, settings, **{'opt.train_epochs': 0.5})
+    assert m.hyp['opt']['label_smoothing'] == 0.2  # the fact sheets' value; tiny() keeps it
+    real, seen = F.cross_entropy, []
+
+    def cross_entropy(input, target, **kwargs):
+        seen.append((input.dtype, kwargs.get('label_smoothing'), kwargs.get('reduction')))
+        return real(input, target, **kwargs)
+    monkeypatch.setattr(m.F, 'cross_entropy', cross_entropy)
+    result = m.train(hyp, m.Device('cpu'), data, run=1, seed=0)
+    assert len(seen) == result['steps'] > 0
+    assert set(seen) == {(torch.float32, 0.2, 'sum')}
+
+
+def test_hlb_activations_are_gelu(hlb):
+    net = hlb.make_net(hlb.hyp)
+    assert isinstance(net[1], nn.GELU)  # right after the whitening conv
+    groups = [g for g in net if isinstance(g, hlb.ConvGroup)]
+    assert len(groups) == 3 and all(isinstance(g.activ, nn.GELU) for g in groups)
+    assert not any(isinstance(x, (nn.ReLU, nn.CELU)) for x in net.modules())
