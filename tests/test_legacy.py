@@ -543,3 +543,39 @@ def test_hlb_activations_are_gelu(hlb):
     groups = [g for g in net if isinstance(g, hlb.ConvGroup)]
     assert len(groups) == 3 and all(isinstance(g.activ, nn.GELU) for g in groups)
     assert not any(isinstance(x, (nn.ReLU, nn.CELU)) for x in net.modules())
+
+
+@pytest.mark.parametrize('name, settings', [('fast', FAST_TINY), ('hlb', HLB_TINY)])
+def test_whitening_reads_the_first_training_images_normalised(name, settings, request, data, monkeypatch):
+    """train() whitens from the first net.whiten_images training images, normalised as the record
+    does (cifar10-fast: Page's constants; hlb: the training set's own mean and unbiased std), and
+    cifar10-fast's EMA starts from the whitened net."""
+    m = request.getfixturevalue(name)
+    hyp = tiny(m, settings, **{'opt.train_epochs': 0.5})
+    n = hyp['net']['whiten_images']
+    seen = {}
+    real_init, real_ema = m.init_whitening_conv, getattr(m, 'EMA', None)
+
+    def init_whitening_conv(conv, images, *args):
+        seen['images'] = images.clone()
+        real_init(conv, images, *args)
+        seen['filters'] = conv.weight.detach().clone()
+    monkeypatch.setattr(m, 'init_whitening_conv', init_whitening_conv)
+    if real_ema:
+        class Seeing(real_ema):
+            def __init__(self, net):
+                super().__init__(net)
+                seen['ema_filters'] = self.net[0].weight.detach().clone()
+        monkeypatch.setattr(m, 'EMA', Seeing)
+    m.train(hyp, m.Device('cpu'), data, run=1, seed=0)
+    x = data['train']['images'].permute(0, 3, 1, 2).double()
+    if name == 'fast':
+        mean = torch.tensor([125.31, 122.95, 113.87], dtype=torch.float64).view(1, 3, 1, 1)
+        std = torch.tensor([62.99, 62.09, 66.70], dtype=torch.float64).view(1, 3, 1, 1)
+    else:
+        mean, std = x.mean(dim=(0, 2, 3), keepdim=True), x.std(dim=(0, 2, 3), keepdim=True)  # unbiased
+    expected = ((x[:n] - mean) / std).float()
+    assert seen['images'].shape == expected.shape
+    assert torch.allclose(seen['images'].float(), expected, atol=1e-4)
+    if name == 'fast':
+        assert torch.equal(seen['ema_filters'], seen['filters'])
