@@ -1133,16 +1133,19 @@ class Processes:
             return load()
         value, turn = None, 0 if self.rank == 0 else 1 if self.local_rank == 0 else 2
         for t in range(3):
-            error = None
+            error = message = None
             if t == turn:
                 try:
                     value = load()
-                except UserError as e:
-                    error = str(e)
-            errors = [None] * self.world
-            dist.all_gather_object(errors, error)
-            if any(errors):
-                raise UserError(next(e for e in errors if e))
+                except Exception as e:  # told to the others before it is raised, or they would wait for this one
+                    error, message = e, str(e) if isinstance(e, UserError) else \
+                        f'process {self.rank} failed to read the data ({type(e).__name__}: {e})'
+            messages = [None] * self.world
+            dist.all_gather_object(messages, message)
+            if error is not None and not isinstance(error, UserError):
+                raise error
+            if any(messages):
+                raise UserError(next(m for m in messages if m))
         return value
 
     def gather(self, obj):

@@ -45,7 +45,9 @@ def test_compiled_matches_airbench94_and_compiles_only_in_the_warmup(cifar_dir, 
     the same batch only if init, data order and augmentation agree: tolerance 0.5%. The final TTA
     accuracies differed by 2-3 of the 500 test images (0.4-0.6%): tolerance 1.5%, which leaves room
     for other CPUs' kernels; the loss check above is what tells a wrong init or order apart."""
-    # the whitening bias freezes after epoch 1 of 3, so run 2 shows whether run 1's freeze leaks into it
+    # the whitening bias freezes after epoch 1 of 3, so both scripts' frozen-bias paths are compared too
+    # (a freeze leaking from run 1 into run 2 is too small for these tolerances: test_runs.py's
+    # run-independence test and the reinit test below are what catch that)
     args = ['--data-dir', cifar_dir, '--log-dir', str(tmp_path), '--runs', '2', '--seed', '3', *TINY,
             '--set', 'opt.whiten_bias_epochs=1']
     eager = run_script('airbench94', *args, '--no-warmup')

@@ -180,3 +180,59 @@ def test_another_script_fans_out_too_from_the_archive(tmp_path):
     assert log['status'] == 'complete' and [r['rank'] for r in log['runs']] == [0, 1]
     assert log['data']['source'] == 'official archive'
     assert sorted(os.listdir(data)) == ['cifar-10-batches-py', 'cifar-10-python.tar.gz', 'test.pt', 'train.pt']
+
+
+def test_an_unexpected_error_marks_the_log_failed_and_keeps_the_finished_runs(ab94, cifar_dir, tmp_path):
+    def train_fn(hyp, dev, data, run, seed):
+        if run == 2:
+            raise RuntimeError('out of memory, say')
+        return {'run': run, 'seed': seed, 'tta_val_acc': 0.5, 'val_acc': 0.5, 'time_seconds': 1.0, 'steps': 1,
+                'epochs': []}
+    args = ab94.build_parser('', 25, ab94.hyp).parse_args(['--data-dir', cifar_dir, '--log-dir', str(tmp_path),
+                                                           '--runs', '3', '--no-warmup', '--seed', '0'])
+    with pytest.raises(RuntimeError, match='out of memory'):
+        ab94.benchmark(args, ab94.hyp, {}, train_fn, lambda *a: 0, str(REPO / 'airbench94.py'))
+    log = read_log(next(tmp_path.iterdir()))
+    assert log['status'] == 'failed' and log['message'] == 'RuntimeError: out of memory, say'
+    assert [r['run'] for r in log['runs']] == [1]
+
+
+def test_the_lock_falls_back_when_the_filesystem_refuses_flock(ab94, tmp_path, monkeypatch):
+    import fcntl
+
+    def refuse(f, op):
+        raise OSError(38, 'Function not implemented')
+    monkeypatch.setattr(fcntl, 'flock', refuse)
+    with ab94.file_lock(str(tmp_path / '.lock')):
+        ab94.write_json(str(tmp_path / 'x.json'), {'ok': 1})
+    assert json.loads((tmp_path / 'x.json').read_text()) == {'ok': 1}
+
+
+def test_runs_needed_stays_fast_when_the_mean_is_just_above_the_target(ab94):
+    accs = [0.94 + 0.001 * (i % 3 - 1) for i in range(50)]
+    mean, std = sum(accs) / 50, ab94.summarize(accs)['std']
+    start = time.perf_counter()
+    s = ab94.summarize(accs, mean - 1e-6)
+    assert time.perf_counter() - start < 1.0
+    normal = (1.6448536 * std / 1e-6)**2  # millions of runs: the normal approximation
+    assert s['runs_needed'] == pytest.approx(normal, rel=1e-6)
+
+
+def test_a_data_error_in_one_process_stops_every_process_with_its_message(tmp_path):
+    """The data is read in turn, rank 0 first: its failure reaches rank 1 (which would otherwise wait
+    for it, or fail its own way). Rank 0 fails with a bug-like error: torchvision, imported only to
+    download, is replaced by a module that breaks in rank 0 and is missing in rank 1."""
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    cmd, env = torchrun('--data-dir', str(empty), '--log-dir', str(tmp_path / 'logs'), *ARGS)
+    env['PYTHONPATH'] = str(tmp_path)
+    (tmp_path / 'torchvision.py').write_text(
+        "import os\nif os.environ['RANK'] == '0':\n    raise RuntimeError('broken torchvision')\n"
+        "raise ImportError('no torchvision')\n")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0
+    assert 'RuntimeError: broken torchvision' in proc.stderr
+    assert ('(rank 1): error: process 0 failed to read the data (RuntimeError: broken torchvision)'
+            in proc.stderr), proc.stderr
+    assert 'no CIFAR-10 in' not in proc.stderr  # rank 1 never read the folder itself
+    assert not (tmp_path / 'logs').exists()

@@ -241,7 +241,7 @@ def problems(repo=REPO, carried=CARRIED):
         out += harness_layout(text, script)
         out += undefined_names(text, script)
         out += defined_twice(text, script)
-    return out
+    return list(dict.fromkeys(out))  # a reference that lost its block is reported once, not per script
 
 
 def main(argv):
