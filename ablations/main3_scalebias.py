@@ -7,8 +7,9 @@ Published (the original ablation ladder's, not ours): 94.01% mean TTA accuracy i
 Method (ablations/README.md): main2's, except the BatchNorm biases: their lr is 64x the
 others' (their weight decay divided by 64, so the decay per step is unchanged). A frozen
 patch-whitening first conv (its bias trains throughout), identity-initialised 3x3 convs,
-BatchNorm momentum 0.1, Nesterov SGD with decoupled hyperparameters, no lookahead, random flip +
-2-pixel translate, label smoothing 0.2 on a summed loss, mirror TTA.
+BatchNorm momentum 0.1, Nesterov SGD with decoupled hyperparameters at lr 10.0 with the
+multiplier 0.2 -> 1.0 at 20% of the steps -> 0, no lookahead, random flip + 2-pixel translate,
+label smoothing 0.2 on a summed loss, mirror TTA.
 Parent: ablations/main2_dirac.py. Changes (optimization): opt.bias_scaler 64 instead of 1;
 13.5 epochs instead of 18.
 Steps: 13.5 epochs x 48 = 648 steps of 1024 images.
@@ -69,14 +70,14 @@ hyp = {
     'opt': {
         'train_epochs': 13.5,      # epochs; fractional epochs end mid-epoch (13.5 x 48 -> 648 steps)
         'batch_size': 1024,        # examples per step
-        'lr': 11.5,                # learning rate per 1024 examples
+        'lr': 10.0,                # learning rate per 1024 examples
         'momentum': 0.85,          # Nesterov momentum
         'weight_decay': 0.0153,    # weight decay per 1024 examples, decoupled from the lr
         'bias_scaler': 64.0,       # lr multiplier (not wd) for BatchNorm biases
         'label_smoothing': 0.2,
         'lr_start': 0.2,           # lr multiplier at step 0 ...
-        'lr_peak_at': 0.23,        # ... rising linearly to 1.0 at this fraction of the steps ...
-        'lr_end': 0.07,            # ... then falling linearly to this at the last step
+        'lr_peak_at': 0.2,         # ... rising linearly to 1.0 at this fraction of the steps ...
+        'lr_end': 0.0,             # ... then falling linearly to this at the last step
     },
     'aug': {
         'flip': 'random',          # 'alternating' (paper section 3.6), 'random' (p=0.5 per image per epoch) or 'none'
@@ -468,7 +469,7 @@ def train(hyp, dev, data, run, seed):
 
 
 def flops_per_run(hyp, n_train, n_test):
-    """FLOPs of one run: every training step (the first conv's bias trains in all of them)
+    """FLOPs of one run: every training step (the whitening conv's bias trains in all of them)
     plus the final TTA pass. Counted on the meta device, so nothing is computed and the timed
     runs are not slowed. Left out: the whitening init (~1 GFLOP) and the untimed per-epoch eval."""
     o = hyp['opt']

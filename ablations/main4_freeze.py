@@ -5,10 +5,13 @@ Published (the original ablation ladder's, not ours): 94.03% mean TTA accuracy i
 5.2 s per run on an NVIDIA A100, 461 TFLOPs per run (ablations/README.md).
 
 Method (ablations/README.md): main3's, except that the whitening conv's bias stops training
-after 3 epochs (which also saves the backward pass into the first conv's input). A frozen
-patch-whitening first conv, identity-initialised 3x3 convs, BatchNorm momentum 0.1, Nesterov SGD
-with decoupled hyperparameters and a 64x lr on BatchNorm biases, no lookahead, random flip +
-2-pixel translate, label smoothing 0.2 on a summed loss, mirror TTA.
+after 3 epochs, which also saves the gradient along the first conv's output path: with its
+weights and bias frozen, backward stops at the next conv's weights, and no gradient is computed
+for that conv's input, the GELU and the first conv's output. A frozen patch-whitening first conv,
+identity-initialised 3x3 convs, BatchNorm momentum 0.1, Nesterov SGD with decoupled
+hyperparameters and a 64x lr on BatchNorm biases at lr 10.0 with the multiplier 0.2 -> 1.0 at
+20% of the steps -> 0, no lookahead, random flip + 2-pixel translate, label smoothing 0.2 on a
+summed loss, mirror TTA.
 Parent: ablations/main3_scalebias.py. Changes (optimization): the whitening bias is frozen
 after opt.whiten_bias_epochs = 3 epochs; the same 13.5 epochs.
 Steps: 13.5 epochs x 48 = 648 steps of 1024 images.
@@ -69,15 +72,15 @@ hyp = {
     'opt': {
         'train_epochs': 13.5,      # epochs; fractional epochs end mid-epoch (13.5 x 48 -> 648 steps)
         'batch_size': 1024,        # examples per step
-        'lr': 11.5,                # learning rate per 1024 examples
+        'lr': 10.0,                # learning rate per 1024 examples
         'momentum': 0.85,          # Nesterov momentum
         'weight_decay': 0.0153,    # weight decay per 1024 examples, decoupled from the lr
         'bias_scaler': 64.0,       # lr multiplier (not wd) for BatchNorm biases
         'label_smoothing': 0.2,
         'whiten_bias_epochs': 3,   # epochs the whitening-conv bias trains before it is frozen
         'lr_start': 0.2,           # lr multiplier at step 0 ...
-        'lr_peak_at': 0.23,        # ... rising linearly to 1.0 at this fraction of the steps ...
-        'lr_end': 0.07,            # ... then falling linearly to this at the last step
+        'lr_peak_at': 0.2,         # ... rising linearly to 1.0 at this fraction of the steps ...
+        'lr_end': 0.0,             # ... then falling linearly to this at the last step
     },
     'aug': {
         'flip': 'random',          # 'alternating' (paper section 3.6), 'random' (p=0.5 per image per epoch) or 'none'

@@ -12,7 +12,14 @@ decoupled hyperparameters and a 64x lr on BatchNorm biases, lookahead every 5 st
 Parent: ablations/main5_lookahead.py. Changes (evaluation): net.tta_level 2 instead of 1;
 10.8 epochs instead of 12.
 Steps: 10.8 epochs x 48 = 519 steps of 1024 images (the last epoch ends after 39 steps).
-Deviations from the original: none known in the method; off CUDA the precision differs (class Device).
+Deviations from the original: the lookahead's timing. The original ladder's scripts start the
+average at epoch 3 (0-based; the snapshot at step 145, the first sync at step 150) and reset the
+net to the average at the end of every epoch, which drops the 0-4 steps since the last sync; this
+rung, as airbench94.py, averages from step 0 and resets the net to the average only after the
+last step. Its syncs before epoch 3 have decay at most 0.95^5 x (140 / 519)^3 = 0.015, i.e.
+each moves the net at most 0.015 of the way back to the average. Kept so that main7 stays
+airbench94.py; the effect on accuracy is not measured. Off CUDA the precision differs (class
+Device).
 
 Run:
     python ablations/main6_tta.py                           # warmup + 25 runs on the best device

@@ -14,7 +14,14 @@ Parent: ablations/main6_tta.py. Changes (data distribution): alternating flip (e
 orientation alternates from one epoch to the next) instead of a random flip drawn every epoch;
 9.9 epochs instead of 10.8.
 Steps: 9.9 epochs x 48 = 476 steps of 1024 images.
-Deviations from the original: none in the method; off CUDA the precision differs (class Device).
+Deviations from the original: the lookahead's timing. The original ladder's scripts start the
+average at epoch 3 (0-based; the snapshot at step 145, the first sync at step 150) and reset the
+net to the average at the end of every epoch, which drops the 0-4 steps since the last sync; this
+rung, as airbench94.py, averages from step 0 and resets the net to the average only after the
+last step. Its syncs before epoch 3 have decay at most 0.95^5 x (140 / 476)^3 = 0.020, i.e.
+each moves the net at most 0.020 of the way back to the average. Kept so that main7 stays
+airbench94.py; the effect on accuracy is not measured. Off CUDA the precision differs (class
+Device).
 
 Run:
     python ablations/main7_mirror.py                           # warmup + 25 runs on the best device

@@ -16,9 +16,13 @@ and every run re-initialises it in place with the same random draws as main7's f
 warmup run pays the compilation (one graph with the whitening bias trainable, one with it frozen,
 one per evaluation shape); with --no-warmup the first timed run pays it, inside its timed region.
 Steps: 9.9 epochs x 48 = 476 steps of 1024 images.
-Deviations from the original: the original compiles two nets that share their parameters, one
-training the whitening bias and one with it frozen; here one compiled net switches between two
-cached graphs when the bias's requires_grad flips. Same math; off CUDA the precision differs.
+Deviations from the original: the original builds and compiles two separate nets, one training
+the whitening bias and one with it frozen, and at the switch copies the state of the net, its
+optimizer and its lr scheduler from the first into the second; here one compiled net switches
+between two cached graphs when the bias's requires_grad flips. Same math; off CUDA the
+precision differs. The lookahead's timing is airbench94's, not the original ladder's (see
+main7_mirror.py's header: the original starts the average at epoch 3 and resets the net to it
+after every epoch).
 
 Run:
     python ablations/main8_compile.py                           # warmup (compiles) + 25 runs

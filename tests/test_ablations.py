@@ -1,7 +1,8 @@
 """The ablation ladder (ablations/): every rung runs and logs like the top-level scripts, consecutive
 rungs differ by their feature only (in the code and in the hyperparameters), each rung trains with
-exactly the features of the rungs up to it, main7 is airbench94 and main8 is airbench94_compiled,
-and ablations/README.md agrees with the scripts (epochs, FLOPs, diff sizes)."""
+exactly the features of the rungs up to it and with the original ladder's lr, schedule and
+BatchNorm momentum, main7 is airbench94 and main8 is airbench94_compiled, train_resnet18 is the
+original's recipe, and ablations/README.md agrees with the scripts (epochs, FLOPs, diff sizes)."""
 import ast
 import copy
 import difflib
@@ -9,9 +10,11 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+from math import ceil
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from conftest import REPO, TINY, load_script, log_dir_of, no_traceback, read_log, run_script
@@ -46,7 +49,7 @@ class Feature:
 FEATURES = {
     'main1_whiten': Feature(
         keys={'net.whiten_images', 'net.whiten_eps'}, units={'whitening_filters', 'init_whitening_conv'},
-        lines={'check_hyp': r'whiten', 'make_net': r'whiten|net\[0\]', 'flops_per_run': r'whiten|Left out:',
+        lines={'check_hyp': r'whiten', 'make_net': r'whiten|net\[0\]', 'flops_per_run': r'whiten|first conv|Left out:',
                'train': r'whiten|with timer:  # timing starts when the training data'},
         blocks={'whitening'}, banners={'Whitening conv initialization'}),
     'main2_dirac': Feature(keys=set(), units={'Conv'}, blocks={'conv'}),
@@ -55,8 +58,9 @@ FEATURES = {
         keys={'opt.whiten_bias_epochs'},
         lines={'check_hyp': r'whiten_bias_epochs', 'train': r'whiten_bias_epochs',
                'flops_per_run': r'bias|trainable|\bflops\b'}),
-    'main5_lookahead': Feature(
-        keys={'opt.lookahead_every', 'opt.lookahead_decay', 'net.batchnorm_momentum'}, units={'LookaheadState'},
+    'main5_lookahead': Feature(  # lookahead and the settings it needs (the original ladder's main5)
+        keys={'opt.lookahead_every', 'opt.lookahead_decay', 'net.batchnorm_momentum', 'opt.lr', 'opt.lr_peak_at',
+              'opt.lr_end'}, units={'LookaheadState'},
         lines={'check_hyp': r'lookahead', 'train': r'lookahead'}, blocks={'lookahead'}, banners={'Lookahead'}),
     'main6_tta': Feature(keys={'net.tta_level'}),
     'main7_mirror': Feature(keys={'aug.flip'}),
@@ -119,7 +123,7 @@ def outside_the_feature(before, after, feature):
     (ua, ba, na), (ub, bb, nb) = before, after
     problems = [f'shared block {b!r} added or removed' for b in sorted(ba ^ bb) if b not in feature.blocks]
     problems += [f'section banner {b!r} added or removed' for b in sorted(na ^ nb) if b not in feature.banners]
-    lines = {'hyp': r'train_epochs|' + '|'.join(k.split('.')[-1] for k in feature.keys), **feature.lines}
+    lines = {'hyp': "'train_epochs'|" + '|'.join(f"'{k.split('.')[-1]}'" for k in feature.keys), **feature.lines}
     for name in sorted(ua.keys() | ub.keys()):
         a, b = ua.get(name), ub.get(name)
         if a == b or name in feature.units:
@@ -162,7 +166,8 @@ def test_the_pair_check_notices_a_change_outside_the_feature():
 
 def test_every_rung_keeps_airbench94s_values_but_for_the_features_it_lacks(ab94):
     """A rung differs from airbench94 exactly in the keys of the features added after it, with the
-    values the ladder names for their absence."""
+    values the ladder names for their absence (before main5's lookahead: BatchNorm momentum 0.9,
+    lr 10.0 and the schedule 0.2 -> 1 at 20% -> 0)."""
     absent = {'main0_network': 0.9, 'main1_whiten': 0.9, 'main2_dirac': 0.9, 'main3_scalebias': 0.9,
               'main4_freeze': 0.9}
     for k, rung in enumerate(RUNGS):
@@ -173,6 +178,8 @@ def test_every_rung_keeps_airbench94s_values_but_for_the_features_it_lacks(ab94)
         o, n = hyp['opt'], hyp['net']
         assert o['bias_scaler'] == (64.0 if k >= 3 else 1.0)
         assert n['batchnorm_momentum'] == absent.get(rung, 0.6)
+        assert (o['lr'], o['lr_start'], o['lr_peak_at'], o['lr_end']) == ((10.0, 0.2, 0.2, 0.0) if rung in absent
+                                                                          else (11.5, 0.2, 0.23, 0.07))
         assert n['tta_level'] == (2 if k >= 6 else 1) and hyp['aug']['flip'] == ('alternating' if k >= 7 else 'random')
 
 
@@ -205,7 +212,8 @@ def features_in_training(m, data, monkeypatch, ab94):
     def recording_optimizer(model, opt):
         optimizer = make_optimizer(model, opt)
         seen['lr_ratio'] = optimizer.param_groups[0]['lr'] / optimizer.param_groups[1]['lr']
-        optimizer.register_step_pre_hook(lambda *_: seen['bias_trains'].append(model[0].bias.grad is not None))
+        optimizer.register_step_pre_hook(lambda *_: seen['bias_trains'].append(
+            None if model[0].bias is None else model[0].bias.grad is not None))  # main0's first conv has none
         return optimizer
 
     def recording_loader(split, dev, batch_size, train, aug=None, generator=None):
@@ -253,7 +261,7 @@ def features_in_training(m, data, monkeypatch, ab94):
         'mirror': seen['flip'] == ['alternating'],
     }
     # without a feature, the rung does what its absence means
-    assert found['freeze'] or seen['bias_trains'] == [True] * 20
+    assert found['freeze'] or seen['bias_trains'] == [True if net[0].bias is not None else None] * 20
     assert found['lookahead'] or seen['syncs'] == 0
     assert found['bn_momentum_0.6'] or all(b.momentum == pytest.approx(0.1) for b in norms)
     assert found['tta'] or seen['tta'][-1] == 1
@@ -269,11 +277,73 @@ def test_each_rung_trains_with_exactly_the_features_up_to_it(k, rung, data, monk
 
 
 def test_main0_trains_its_first_conv_and_normalises_after_it():
+    """As the original main0: the first conv trains from the default init, without a bias (the
+    BatchNorm after it would cancel one); main1 on: frozen whitening weights and a zero-initialised
+    bias that trains."""
     m = module('main0_network')
     net = m.make_net(m.hyp)
     assert isinstance(net[1], m.BatchNorm) and isinstance(net[2], nn.GELU)
-    assert net[0].weight.requires_grad and net[0].bias.requires_grad and net[0].weight.shape == (24, 3, 2, 2)
-    assert net[0].bias.abs().sum() > 0  # PyTorch's default init, not zeroed
+    assert net[0].weight.requires_grad and net[0].bias is None and net[0].weight.shape == (24, 3, 2, 2)
+    for rung in RUNGS[1:]:
+        first = module(rung).make_net(module(rung).hyp)[0]
+        assert not first.weight.requires_grad and first.bias.requires_grad and torch.equal(first.bias, torch.zeros(24))
+
+
+@pytest.mark.parametrize('rung', RUNGS)
+def test_every_3x3_conv_is_same_padded_without_a_bias(rung):
+    """The six 3x3 convs of every rung (main0 and main1 have their own Conv class, outside the
+    shared block that main2 on carry): 'same' padding, no bias, as in the original ladder."""
+    m = module(rung)
+    convs = [c for c in m.make_net(m.hyp).modules() if isinstance(c, nn.Conv2d) and c.kernel_size == (3, 3)]
+    assert len(convs) == 6
+    assert all(c.bias is None and c.padding == 'same' and c.stride == (1, 1) for c in convs)
+
+
+# The original ladder's settings (cifar10-zoo, airbench/ablations/, commit 68c301d): main0-main4 train
+# at lr 10.0 with the multiplier 0.2 -> 1 at int(0.2 x steps) -> 0 and BatchNorm momentum PyTorch 0.1;
+# main5 on (with lookahead) at lr 11.5, 0.2 -> 1 at int(0.23 x steps) -> 0.07, PyTorch 0.4.
+ORIGINAL_SETTINGS = {rung: (10.0, 0.2, 0.0, 0.1) if k < 5 else (11.5, 0.23, 0.07, 0.4) for k, rung in enumerate(RUNGS)}
+
+
+class ScheduleSeen(Exception):
+    pass
+
+
+@pytest.mark.parametrize('rung', RUNGS)
+def test_each_rung_trains_with_the_original_ladders_lr_schedule_and_batchnorm_momentum(rung, data, monkeypatch):
+    """What train() itself builds, at the rung's own epoch count (batches of 20, 100 steps per
+    epoch): the lr of the weights' group at every step, against the original's knots written out
+    here, and the momentum of every BatchNorm. airbench94's settings fail this for main0-main4."""
+    m = module(rung)
+    lr, peak_at, end, momentum = ORIGINAL_SETTINGS[rung]
+    hyp = copy.deepcopy(m.hyp)
+    hyp['opt']['batch_size'] = 20
+    seen = {}
+    make_net = m.make_net
+
+    def recording_net(h):
+        seen['net'] = make_net(h)
+        return seen['net']
+
+    def recording_lambda_lr(optimizer, lr_lambda):
+        seen['base'], seen['multiplier'] = optimizer.param_groups[1]['lr'], lr_lambda
+        raise ScheduleSeen
+
+    monkeypatch.setattr(m, 'make_net', recording_net)
+    monkeypatch.setattr(m.torch.optim.lr_scheduler, 'LambdaLR', recording_lambda_lr)
+    extra = {}
+    if rung == 'main8_compile':  # its train() takes the invocation's net; an eager one will do here
+        extra['model'] = extra['compiled'] = m.Device('cpu').prepare(m.make_net(hyp))
+    with pytest.raises(ScheduleSeen):
+        m.train(hyp, m.Device('cpu'), data, run=1, seed=0, **extra)
+    total = ceil(hyp['opt']['train_epochs'] * 100)
+    peak = int(peak_at * total)
+    kilostep = 1024 * (1 + 1 / (1 - 0.85))  # the decoupled lr: per 1024 examples, momentum 0.85
+    for step in range(total + 1):
+        f = 0.2 + 0.8 * step / peak if step < peak else 1 + (end - 1) * (step - peak) / (total - peak)
+        assert seen['base'] * seen['multiplier'](step) == pytest.approx(lr / kilostep * f, rel=1e-9, abs=1e-15), step
+    norms = [b for b in (extra.get('model') or seen['net']).modules() if isinstance(b, nn.BatchNorm2d)]
+    assert norms and all(b.momentum == pytest.approx(momentum) for b in norms)
 
 
 # ---------------------------------------------------------------- main7 = airbench94, main8 = airbench94_compiled
@@ -443,5 +513,78 @@ def test_train_resnet18_follows_its_fact_sheet():
     opt = m.make_optimizer(net, o)
     assert isinstance(opt, torch.optim.SGD) and len(opt.param_groups) == 1
     g = opt.param_groups[0]
-    assert g['nesterov'] and (g['lr'], g['momentum'], g['weight_decay']) == (0.2, 0.9, 5e-4)
+    # the original's values for its summed loss: lr 0.2 / 500 and weight decay 5e-4 x 500
+    assert g['nesterov'] and (g['lr'], g['momentum'], g['weight_decay']) == (0.2 / 500, 0.9, 5e-4 * 500)
     assert len(g['params']) == len(list(net.parameters()))
+
+
+class Seeing(nn.Module):
+    """Records the training batches a net sees."""
+
+    def __init__(self, seen):
+        super().__init__()
+        self.seen = seen
+
+    def forward(self, x):
+        if self.training:
+            self.seen.append(x.detach().clone())
+        return x
+
+
+def explained(out, x, pad, cutout):
+    """Whether the augmented image `out` is crop(reflect-pad(cutout(flip(x)))) for some flip,
+    cutout square and crop, as the original train_resnet18 augments: the flip and the crop from
+    the pixels the cutout left alone, then the square from the zeroed ones."""
+    side = x.size(-1)
+    zero = (out == 0).all(0)
+    for flipped in (x, x.flip(-1)):
+        padded = F.pad(flipped[None], (pad,) * 4, 'reflect')[0]
+        for dy in range(2 * pad + 1):
+            for dx in range(2 * pad + 1):
+                crop = padded[:, dy:dy + side, dx:dx + side]
+                if not torch.allclose(crop[:, ~zero], out[:, ~zero], atol=1e-5):
+                    continue
+                squares = torch.zeros((side - cutout + 1)**2, 1, side, side)
+                for i, (top, left) in enumerate((a, b) for a in range(side - cutout + 1) for b in range(side - cutout + 1)):
+                    squares[i, :, top:top + cutout, left:left + cutout] = 1
+                moved = F.pad(squares, (pad,) * 4, 'reflect')[:, 0, dy:dy + side, dx:dx + side] > 0
+                if (moved == zero).all((1, 2)).any():
+                    return True
+    return False
+
+
+def test_train_resnet18_sums_its_loss_and_augments_in_the_originals_order(data, monkeypatch):
+    """One epoch of train() with a linear net that records its batches, the labels replaced by the
+    image indices (so a batch names its images): the loss is summed, and every training image is
+    flipped, cut out, then translated (reflect-pad 4 and crop), in that order: the zeroed square
+    moves with the image and can be cropped or reflected into the padding. The shared loader's
+    order (crop, flip, cutout) explains only the images whose square stays inside the crop."""
+    m = module('train_resnet18')
+    hyp = copy.deepcopy(m.hyp)
+    hyp['opt'].update(batch_size=200, train_epochs=1.0)
+    n = len(data['train']['labels'])
+    indexed = {'train': {**data['train'], 'labels': torch.arange(n)}, 'test': data['test']}
+    batches, reductions = [], []
+    monkeypatch.setattr(m, 'make_net', lambda h: nn.Sequential(Seeing(batches), nn.Flatten(), nn.Linear(3 * 32 * 32, n)))
+    real = F.cross_entropy
+
+    def cross_entropy(*args, **kwargs):
+        reductions.append(kwargs.get('reduction', 'mean'))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(m.F, 'cross_entropy', cross_entropy)
+    seen_labels = []
+    real_iter = m.CifarLoader.__iter__
+
+    def recording_iter(loader):
+        for inputs, labels in real_iter(loader):
+            seen_labels.append(labels.clone())
+            yield inputs, labels
+    monkeypatch.setattr(m.CifarLoader, '__iter__', recording_iter)
+    m.train(hyp, m.Device('cpu'), indexed, run=1, seed=0)
+    assert reductions == ['sum'] * 10
+    a = hyp['aug']
+    images = data['train']['images'].permute(0, 3, 1, 2).float() / 255
+    mean, std = torch.tensor(m.CIFAR_MEAN).view(1, 3, 1, 1), torch.tensor(m.CIFAR_STD).view(1, 3, 1, 1)
+    normalised = (images - mean) / std
+    inputs, labels = batches[0][:60], seen_labels[0][:60]
+    assert all(explained(out, normalised[i], a['translate'], a['cutout']) for out, i in zip(inputs, labels.tolist()))
