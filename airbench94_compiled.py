@@ -18,9 +18,11 @@ trainable, one with it frozen and one per evaluation shape; later runs reuse the
 record counts the graphs compiled so far). With --no-warmup the first timed run pays it, inside
 its timed region. There is no switch to turn compilation off: the eager twin is airbench94.py.
 Steps: 9.9 epochs x 48 = 476 steps of 1024 images.
-Deviations from the original: the original compiles two nets that share their parameters, one
-training the whitening bias and one with it frozen; here one compiled net switches between two
-cached graphs when the bias's requires_grad flips. Same math; off CUDA the precision differs.
+Deviations from the original: the original builds and compiles two separate nets, one training
+the whitening bias and one with it frozen, and at the switch copies the state of the net, its
+optimizer and its lr scheduler from the first into the second; here one compiled net switches
+between two cached graphs when the bias's requires_grad flips. Same math; off CUDA the
+precision differs.
 On a CPU compiling does not pay: README.md, "Devices and precision", has our measurement.
 
 Run:
