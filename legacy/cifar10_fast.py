@@ -8,11 +8,13 @@ and 1144 TFLOPs per run.
 Method (legacy/README.md, "Fact sheet 1: cifar10-fast"): a 9-layer ResNet (prep 64, layers of 128,
 256 and 512 channels, residual pairs after layers 1 and 3) behind a frozen 3x3 whitening conv
 (27 filters from the patch second moments of 10,000 training images) and a trainable 1x1 conv;
-ghost BatchNorm (statistics over 16 splits of 32 images in training, their average in eval) with
-its scale frozen at 1, CELU(0.3); Nesterov SGD with momentum 0.9, 64x lr (and 1/64 weight decay)
-on BatchNorm biases, a piecewise-linear lr schedule (0 -> 1 at epoch 2 -> 0.1 at epoch 8, then
-held); an EMA of all float state every 5 steps, which is what gets evaluated; random flip +
-4-pixel translate; label smoothing 0.2 on a summed loss; mirror TTA.
+ghost BatchNorm (statistics over 16 splits of 32 images in training; in eval, as the original,
+split 0's, after the splits' statistics were averaged once, when the EMA copy first left training
+mode) with its scale frozen at 1, CELU(0.3); the original's Nesterov SGD (the lr inside the
+momentum buffer) with momentum 0.9, 64x lr (and 1/64 weight decay) on BatchNorm biases, a
+piecewise-linear lr schedule (0 -> 1 at epoch 2 -> 0.1 at epoch 8, then held); an EMA of all
+float state after steps 1, 6, ..., 96 of every epoch (200 updates), which is what gets evaluated;
+random flip + 4-pixel translate; label smoothing 0.2 on a summed loss; mirror TTA.
 Parent: none in this project; it is the record hlb-CIFAR10 (legacy/hlb_cifar10.py) started from,
 and the source of airbench's whitening, frozen BatchNorm scale, 64x bias lr and summed,
 label-smoothed loss. It shares the loader, the TTA, the step count and the harness with
@@ -23,10 +25,10 @@ Device: fp32 weights with bf16 autocast on a CPU, fp16 autocast on MPS; on CUDA 
 activations with BatchNorm in fp32, as the original). Timing follows this project's rule (from the
 whitening statistics to the TTA predictions, per-epoch evaluation left out). Ghost BatchNorm's
 split k is the k-th run of 32 images of the shuffled batch (the original interleaves them: images
-k, k + 16, ...; the same partition in law, and no layout copies); its eval statistics, the mean
-of the splits', are computed at each evaluation (the original wrote that mean into its buffers
-when the net was switched to eval). The whitening second moments are summed over chunks of 1,000
-images, to bound memory (the same matrix up to rounding).
+k, k + 16, ...; the same partition in law, and no layout copies). The augmentation is drawn
+independently per image (the original gives each of the 81 crops to an equal share of the
+shuffled images and mirrors exactly half of them: the same law per image). The whitening second
+moments are summed over chunks of 1,000 images, to bound memory (the same matrix up to rounding).
 
 Run:
     python legacy/cifar10_fast.py                            # warmup + 10 runs on the best device
@@ -92,7 +94,7 @@ hyp = {
         'lr_peak_epoch': 2.0,      # lr multiplier: 0 at epoch 0, linear to 1.0 at this epoch ...
         'lr_end_epoch': 8.0,       # ... then linear to lr_end at this epoch, held there to the end
         'lr_end': 0.1,
-        'ema_every': 5,            # steps between EMA updates (after steps 5, 10, ...)
+        'ema_every': 5,            # steps between EMA updates, counted within each epoch: after steps 1, 6, ..., 96
         'ema_momentum': 0.99,      # per step: every update uses rho = ema_momentum**ema_every
     },
     'aug': {
@@ -270,11 +272,15 @@ class PageLoader(CifarLoader):
 
 class GhostBatchNorm(nn.BatchNorm2d):
     """BatchNorm whose training statistics come from `splits` equal parts of the batch, each with
-    its own running statistics; eval normalises with their mean. The scale is frozen at 1; only
-    the bias learns. momentum is PyTorch's (the weight of the new batch in the running stats).
+    its own running statistics (row k of running_mean and running_var). The scale is frozen at 1;
+    only the bias learns. momentum is PyTorch's (the weight of the new batch in the running stats).
     Split k is the k-th run of batch_size / splits images of the batch (the original interleaves
     them, images k, k + splits, ...: the same partition in law, the batches being shuffled); each
-    part keeps the input's memory layout, so channels_last needs no copy."""
+    part keeps the input's memory layout, so channels_last needs no copy.
+    Eval, as the original's: when the module leaves training mode, every split's statistics are
+    replaced by their mean, and eval normalises with split 0's. The EMA copy switches to eval once,
+    at its first evaluation, and stays there while its statistics keep averaging the live net's
+    per split, so from the second evaluation on it normalises with split 0's average alone."""
 
     def __init__(self, num_features, splits, momentum, eps):
         super().__init__(num_features, eps=eps, momentum=momentum)
@@ -283,12 +289,19 @@ class GhostBatchNorm(nn.BatchNorm2d):
         self.register_buffer('running_mean', torch.zeros(splits, num_features))
         self.register_buffer('running_var', torch.ones(splits, num_features))
 
+    def train(self, mode=True):
+        if self.training and not mode:
+            with torch.no_grad():
+                for stat in (self.running_mean, self.running_var):
+                    stat.copy_(stat.mean(0, keepdim=True).expand_as(stat))
+        return super().train(mode)
+
     def forward(self, x):
         if self.training:
             parts = x.split(len(x) // self.splits)
             return torch.cat([F.batch_norm(part, self.running_mean[k], self.running_var[k], self.weight, self.bias,
                                            True, self.momentum, self.eps) for k, part in enumerate(parts)])
-        return F.batch_norm(x, self.running_mean.mean(0), self.running_var.mean(0), self.weight, self.bias,
+        return F.batch_norm(x, self.running_mean[0], self.running_var[0], self.weight, self.bias,
                             False, 0.0, self.eps)
 
 
@@ -456,16 +469,43 @@ def lr_schedule(total_steps, steps_per_epoch, peak_epoch, end_epoch, end):
     return [at((k + 1) / steps_per_epoch) for k in range(total_steps + 1)]
 
 
+class PageNesterov(torch.optim.Optimizer):
+    """The original's Nesterov SGD, whose momentum buffer holds lr-scaled steps. With the step's
+    lr and d = gradient + weight_decay x w:  v = momentum x v - lr x d;  w = w - lr x d + momentum x v.
+    PyTorch's SGD keeps the buffer of unscaled gradients (v = momentum x v + d) and steps
+    w = w - lr x (d + momentum x v): the same while the lr is constant, but while it changes
+    PyTorch's applies the current lr to the whole buffer (with a constant gradient on the default
+    schedule, 1.45x the original's step at step 10, 1.38x at step 20, smaller when the lr falls)."""
+
+    def __init__(self, params, lr, momentum, weight_decay):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for w in group['params']:
+                if w.grad is None:
+                    continue
+                state = self.state[w]
+                if 'momentum_buffer' not in state:
+                    state['momentum_buffer'] = torch.zeros_like(w)
+                v = state['momentum_buffer']
+                dw = w.grad.add(w, alpha=group['weight_decay']).mul_(-group['lr'])
+                v.mul_(group['momentum']).add_(dw)
+                w.add_(dw.add_(v, alpha=group['momentum']))
+
+
 def make_optimizer(model, opt):
-    """Nesterov SGD for the summed loss: lr / batch_size and weight_decay x batch_size (the original's
-    values); BatchNorm biases get bias_scaler x the lr and 1 / bias_scaler x the weight decay."""
+    """The original's Nesterov SGD for the summed loss: lr / batch_size and weight_decay x
+    batch_size (its values); BatchNorm biases get bias_scaler x the lr and 1 / bias_scaler x the
+    weight decay."""
     lr, wd = opt['lr'] / opt['batch_size'], opt['weight_decay'] * opt['batch_size']
     norm_biases = [p for m in model.modules() if isinstance(m, GhostBatchNorm) for p in m.parameters() if p.requires_grad]
     ids = {id(p) for p in norm_biases}
     others = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
     groups = [dict(params=norm_biases, lr=lr * opt['bias_scaler'], weight_decay=wd / opt['bias_scaler']),
               dict(params=others, lr=lr, weight_decay=wd)]
-    return torch.optim.SGD(groups, momentum=opt['momentum'], nesterov=True)
+    return PageNesterov(groups, lr=lr, momentum=opt['momentum'], weight_decay=wd)
 
 
 def train(hyp, dev, data, run, seed):
@@ -494,7 +534,7 @@ def train(hyp, dev, data, run, seed):
         finite = []
         with timer:
             model.train()
-            for inputs, labels in train_loader:
+            for i, (inputs, labels) in enumerate(train_loader):
                 with dev.autocast():
                     outputs = model(inputs)
                 loss = F.cross_entropy(outputs.float(), labels, label_smoothing=o['label_smoothing'], reduction='sum')
@@ -504,7 +544,7 @@ def train(hyp, dev, data, run, seed):
                 scheduler.step()
                 finite.append(torch.isfinite(loss))
                 step += 1
-                if step % o['ema_every'] == 0:
+                if i % o['ema_every'] == 0:  # counted within the epoch, as the original: after its steps 1, 6, ...
                     ema.update(model, rho=o['ema_momentum']**o['ema_every'])
                 if step >= total_steps:
                     break

@@ -6,7 +6,8 @@ airbench ablation table lists it at 6.2 A100-seconds and 572 TFLOPs per run.
 
 Method (legacy/README.md, "Fact sheet 2: hlb-CIFAR10"): a frozen 2x2 whitening conv (12
 eigenvectors of the centred patch covariance and their negations, from all 50,000 training images
-in 10 chunks of 5,000 whose eigenvalues and eigenvectors are averaged), GELU, three ConvGroups of
+in a fresh random order every run, in 10 chunks of 5,000 whose eigenvalues and eigenvectors are
+averaged), GELU, three ConvGroups of
 widths 64/256/512 (conv -> pool -> BatchNorm -> GELU -> conv -> BatchNorm -> GELU; the first conv
 of each group default-initialised with the identity mixed in, the second the identity), a global
 max-pool and a bias-free linear head x 1/9; BatchNorm with its scale frozen at 1 and PyTorch
@@ -20,9 +21,9 @@ whitening conv and nn.MaxPool2d(3) as the final pool. It shares BatchNorm, looka
 the step count and the harness with airbench94.py.
 Steps: 12.1 epochs x 48 = 581 steps of 1024 images.
 Deviations from the original: the method's quirks are kept on purpose: the random crop's corner
-is only ever at offset 0 or 1 per axis of the 2-pixel padded image (aug.crop_positions=2; 5 would
-give every translation in [-2, 2]), and the whitening averages each chunk's eigenvectors, so a
-direction whose sign differs between chunks shrinks. One deviation: on CUDA the weights and
+is only ever at offset 0, 1, 2 or 3 per axis of the 2-pixel padded image, never 4
+(aug.crop_positions=4; 5 would give every translation in [-2, 2]), and the whitening averages
+each chunk's eigenvectors, so a direction whose sign differs between chunks shrinks. One deviation: on CUDA the weights and
 activations are fp16 as in the original, but BatchNorm is fp32 (as in airbench). With the
 original's fp16 BatchNorm (--set net.fp16_batchnorm=true) a running variance became NaN in the
 first lookahead epoch of the third run on an NVIDIA H100 (legacy/README.md); the loss, computed
@@ -37,7 +38,7 @@ evaluation left out).
 Run:
     python legacy/hlb_cifar10.py                            # warmup + 10 runs on the best device
     python legacy/hlb_cifar10.py --runs 1 --no-warmup       # one run (its CPU time: legacy/README.md)
-    python legacy/hlb_cifar10.py --set aug.crop_positions=5 # the translate the original meant to do
+    python legacy/hlb_cifar10.py --set aug.crop_positions=5 # every translation in [-2, 2]
 
 Needs: torch; numpy to read the official CIFAR-10 files; torchvision only to download them.
 Data: --data-dir DIR, else $AIRBENCH_DATA, else ./cifar10 (README.md, "Data").
@@ -105,8 +106,8 @@ hyp = {
     'aug': {
         'flip': 'random',          # 'random' (p=0.5 per image per epoch, the original) or 'none'
         'translate': 2,            # pixels of reflect padding around every image
-        'crop_positions': 2,       # the crop's corner per axis is drawn from 0 .. crop_positions - 1 (the
-                                   # original's quirk: 2; 2 x translate + 1 = 5 gives every shift)
+        'crop_positions': 4,       # the crop's corner per axis is drawn from 0 .. crop_positions - 1 (the
+                                   # original's quirk: 4, corners 0-3; 2 x translate + 1 = 5 gives every shift)
         'cutmix': 3,               # side of the square CutMix pastes from another image, 0 = off
         'cutmix_epochs': 6.0,      # CutMix in the epochs of index >= train_epochs - cutmix_epochs (7 .. 12)
     },
@@ -175,7 +176,8 @@ def flip_random(images, generator=None):
 def crop_corner(images, size, positions, generator=None):
     """A size x size crop of each (padded) image whose top-left corner is drawn per axis and per
     image from 0 .. positions - 1. positions = side - size + 1 is the usual random crop; the
-    original's crop only reached corners 0 and 1 (positions = 2). Rows first, then columns."""
+    original draws the crop's centre from 15 .. 18 of the 36 x 36 padded image, so its corner is
+    at 0 .. 3 and never at 4 (positions = 4). Rows first, then columns."""
     corners = torch.randint(0, positions, size=(len(images), 2), device=images.device, generator=generator)
     rows = torch.empty((len(images), images.size(1), size, images.size(-1)), device=images.device, dtype=images.dtype)
     for c in range(positions):
@@ -496,7 +498,8 @@ def train(hyp, dev, data, run, seed):
         mean, std = channel_statistics(train_loader.images)
         for loader in (train_loader, test_loader):
             loader.set_statistics(mean, std)
-        whiten_images = train_loader.normalize(train_loader.images[:hyp['net']['whiten_images']])
+        order = torch.randperm(len(train_loader.images), device=dev.torch_device)  # fresh every run, as the original
+        whiten_images = train_loader.normalize(train_loader.images[order[:hyp['net']['whiten_images']]])
         init_whitening_conv(model[0], whiten_images, hyp['net']['whiten_eps'], hyp['net']['whiten_chunk'])
 
     step, history, lookahead = 0, [], None

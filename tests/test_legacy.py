@@ -2,9 +2,11 @@
 
 End to end on the synthetic data, and the method facts that set each record apart, pinned against
 expectations written out here from legacy/README.md's fact sheets (not computed by the scripts'
-own helpers): ghost BatchNorm, CELU, the schedule knots, the EMA's decay and cadence, the
-3x3 whitening (cifar10-fast); the chunked whitening statistics, the crop quirk, CutMix's
-label mixing by area and its epochs, the conv init, the lookahead's start (hlb-CIFAR10)."""
+own helpers): ghost BatchNorm in training and in eval, the layer order, CELU, the schedule knots,
+the original's Nesterov update, the EMA's decay and its cadence restarting every epoch, the 3x3
+whitening (cifar10-fast); the chunked whitening statistics from a fresh permutation every run, the
+crop quirk (corners 0-3), the layer order, CutMix's label mixing by area and its epochs, the conv
+init, the lookahead's start (hlb-CIFAR10)."""
 import copy
 import math
 
@@ -111,6 +113,7 @@ def test_hyperparameters_are_the_fact_sheets(fast, hlb):
     o, a, n = fast.hyp['opt'], fast.hyp['aug'], fast.hyp['net']
     assert (o['batch_size'], o['train_epochs'], o['momentum'], o['lr'], o['weight_decay'], o['bias_scaler'],
             o['label_smoothing']) == (512, 10, 0.9, 1.0, 5e-4, 64, 0.2)
+    assert (o['lr_peak_epoch'], o['lr_end_epoch'], o['lr_end'], o['ema_every'], o['ema_momentum']) == (2, 8, 0.1, 5, 0.99)
     assert a == {'flip': 'random', 'translate': 4}
     assert (n['whiten_images'], n['whiten_eps'], n['tta_level']) == (10000, 1e-2, 1)
     assert n['widths'] == {'prep': 64, 'layer1': 128, 'layer2': 256, 'layer3': 512}
@@ -118,7 +121,8 @@ def test_hyperparameters_are_the_fact_sheets(fast, hlb):
     assert (o['batch_size'], o['train_epochs'], o['momentum'], o['lr'], o['bias_scaler'], o['label_smoothing'],
             o['lookahead_every'], o['lookahead_decay']) == (1024, 12.1, 0.85, 1.525, 64, 0.2, 5, 0.95)
     assert 2 * o['weight_decay'] == pytest.approx(1.34e-3, rel=0.01)  # per batch-mean loss at batch 1024
-    assert (a['flip'], a['translate'], a['cutmix']) == ('random', 2, 3)
+    assert (o['lr_start'], o['lr_peak_at'], o['lr_end'], o['lookahead_epochs']) == (1e-16, 0.23, 0.07, 10)
+    assert (a['flip'], a['translate'], a['crop_positions'], a['cutmix'], a['cutmix_epochs']) == ('random', 2, 4, 3, 6)
     assert (n['whiten_images'], n['whiten_chunk'], n['whiten_eps'], n['tta_level']) == (50000, 5000, 1e-2, 1)
     assert n['widths'] == {'block1': 64, 'block2': 256, 'block3': 512}
 
@@ -155,11 +159,23 @@ def test_ghost_batchnorm_statistics_in_training_and_eval(fast):
     assert not torch.allclose(y, whole + bn.bias.view(1, -1, 1, 1), atol=0.1)  # not whole-batch BatchNorm
     assert torch.allclose(bn.running_mean.reshape(splits, c), expected_mean, atol=1e-5)
     assert torch.allclose(bn.running_var.reshape(splits, c), expected_var, atol=1e-4)
-    # eval: one normalisation for every image, with the mean of the splits' running statistics
+    # eval, as the original's: leaving training mode replaces every split's statistics by their mean ...
     bn.eval()
-    mean, var = expected_mean.mean(0).view(1, -1, 1, 1), expected_var.mean(0).view(1, -1, 1, 1)
-    assert torch.allclose(bn(x), (x - mean) / torch.sqrt(var + 1e-5) + bn.bias.view(1, -1, 1, 1), atol=1e-5)
-    assert torch.allclose(bn.running_mean.reshape(splits, c), expected_mean)  # eval leaves the statistics alone
+    assert torch.allclose(bn.running_mean, expected_mean.mean(0).expand(splits, c), atol=1e-6)
+    assert torch.allclose(bn.running_var, expected_var.mean(0).expand(splits, c), atol=1e-6)
+
+    def normalised_with(mean, var):
+        return (x - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + 1e-5) + bn.bias.view(1, -1, 1, 1)
+    assert torch.allclose(bn(x), normalised_with(expected_mean.mean(0), expected_var.mean(0)), atol=1e-5)
+    # ... and eval normalises with split 0's alone: an EMA moves each split's statistics its own way
+    with torch.no_grad():
+        bn.running_mean += torch.arange(splits * c, dtype=torch.float32).view(splits, c)
+        bn.running_var *= torch.linspace(1, 3, splits).view(splits, 1)
+    before = bn.running_mean.clone()
+    bn.eval()  # already in eval mode: nothing is averaged again
+    assert torch.equal(bn.running_mean, before)
+    assert torch.allclose(bn(x), normalised_with(bn.running_mean[0], bn.running_var[0]), atol=1e-5)
+    assert not torch.allclose(bn(x), normalised_with(bn.running_mean.mean(0), bn.running_var.mean(0)), atol=1e-2)
     # the scale is frozen at 1, the bias learns
     assert not bn.weight.requires_grad and torch.equal(bn.weight, torch.ones(c)) and bn.bias.requires_grad
 
@@ -194,6 +210,29 @@ def test_network_ghost_batchnorm_and_celu(fast):
         assert torch.allclose(res(h), h + res.res2(res.res1(h)))
 
 
+def called_in_order(module, x):
+    """The submodules of `module` in the order its forward calls them, with each one's input size."""
+    order, handles = [], []
+    for name, child in module.named_children():
+        handles.append(child.register_forward_pre_hook(
+            lambda m, args, name=name: order.append((name, tuple(args[0].shape[-2:])))))
+    module(x)
+    for h in handles:
+        h.remove()
+    return order
+
+
+def test_fast_layer_order_conv_pool_norm_celu(fast):
+    """cifar10-fast's conv_bn with a pool: conv -> MaxPool 2 -> BatchNorm -> CELU, so BatchNorm
+    sees the pooled map; the residual branches the same without the pool."""
+    net = fast.make_net(fast.hyp)
+    assert called_in_order(net[4], torch.randn(32, 64, 32, 32)) == [
+        ('conv', (32, 32)), ('pool', (32, 32)), ('norm', (16, 16)), ('activ', (16, 16))]
+    assert [name for name, _ in called_in_order(net[5].res1, torch.randn(32, 128, 16, 16))] == ['conv', 'pool', 'norm', 'activ']
+    assert isinstance(net[5].res1.pool, nn.Identity) and isinstance(net[4].pool, nn.MaxPool2d)
+    assert [type(m).__name__ for m in net[:4]] == ['Conv2d', 'Conv2d', 'GhostBatchNorm', 'CELU']  # whiten, prep
+
+
 def test_whitening_from_uncentred_3x3_patch_moments(fast):
     torch.manual_seed(0)
     images = torch.randn(6, 3, 6, 6) + torch.tensor([0.8, -0.5, 0.3]).view(1, 3, 1, 1)
@@ -219,17 +258,19 @@ def test_loader_normalises_with_pages_constants(fast, data):
     assert torch.allclose(loader.normalize(loader.images[:5]), (x - mean) / std, atol=1e-5)
 
 
-def expected_fast_multiplier(k, steps_per_epoch):
-    """Piecewise linear in epochs through (0, 0), (2, 1), (8, 0.1), then 0.1; step k = 1, 2, ...
-    is at k / steps_per_epoch epochs."""
-    e = k / steps_per_epoch
-    return e / 2 if e <= 2 else 1 - 0.9 * (e - 2) / 6 if e <= 8 else 0.1
+def expected_fast_multiplier(k, steps_per_epoch, opt):
+    """Piecewise linear in epochs through (0, 0), (lr_peak_epoch, 1), (lr_end_epoch, lr_end), then
+    lr_end (the fact sheet's (0, 2, 8) -> (0, 1, 0.1), pinned above); step k = 1, 2, ... is at
+    k / steps_per_epoch epochs."""
+    e, peak, end_epoch, end = k / steps_per_epoch, opt['lr_peak_epoch'], opt['lr_end_epoch'], opt['lr_end']
+    return e / peak if e <= peak else 1 - (1 - end) * (e - peak) / (end_epoch - peak) if e <= end_epoch else end
 
 
 def test_fast_schedule_knots_and_groups_per_step_and_the_ema_cadence(fast, data, monkeypatch):
-    """A 10-epoch run of 6 steps per epoch (batches of 320) with the default schedule, lr, weight
-    decay and EMA: the lr of each step from the knots (0, 2, 8) -> (0, 1, 0.1) in epochs, the two
-    groups' lr and weight decay, and the EMA: after steps 5, 10, ... with rho = 0.99^5, the live net
+    """A 10-epoch run of 6 steps per epoch (batches of 320) with the script's schedule, lr, weight
+    decay and EMA: the lr of each step from the knots, the two groups' lr and weight decay, and the
+    EMA: its count restarts every epoch, as the original's, so it updates after steps 1 and 6 of
+    each epoch (at the real 97 steps per epoch: 1, 6, ..., 96), with rho = 0.99^5, the live net
     untouched, the average what gets evaluated."""
     settings = {k: v for k, v in FAST_TINY.items() if k.startswith('net.')}
     hyp = tiny(fast, settings, **{'opt.batch_size': 320, 'net.ghost_splits': 16})
@@ -267,15 +308,77 @@ def test_fast_schedule_knots_and_groups_per_step_and_the_ema_cadence(fast, data,
     monkeypatch.setattr(fast, 'evaluate', recording_evaluate)
     result = fast.train(hyp, fast.Device('cpu'), data, run=1, seed=0)
     assert result['steps'] == len(seen) == 60
-    assert optimizers[0].defaults['nesterov'] and optimizers[0].defaults['momentum'] == 0.9
-    bias_lr, bias_wd, lr, wd = 64 / 320, 5e-4 * 320 / 64, 1 / 320, 5e-4 * 320  # PyTorch values for the summed loss
+    assert optimizers[0].defaults['momentum'] == 0.9
+    o = hyp['opt']
+    lr, wd = o['lr'] / 320, o['weight_decay'] * 320  # the values for the summed loss
+    bias_lr, bias_wd = lr * o['bias_scaler'], wd / o['bias_scaler']
     for k, groups in enumerate(seen, start=1):
-        f = expected_fast_multiplier(k, 6)
+        f = expected_fast_multiplier(k, 6, o)
         assert groups[0] == pytest.approx((bias_lr * f, bias_wd), rel=1e-9) and groups[1] == pytest.approx((lr * f, wd))
     assert seen[11][1][0] == pytest.approx(lr) and seen[-1][1][0] == pytest.approx(0.1 * lr)  # knots at steps 12, 48
-    assert updates == [(step, pytest.approx(0.99**5)) for step in range(5, 61, 5)]
+    rho = o['ema_momentum']**o['ema_every']
+    assert updates == [(6 * epoch + s, pytest.approx(rho)) for epoch in range(10) for s in (1, 6)]
     assert len(averages) == 1 and [level for _, level in evaluated] == [0] * 10 + [1]  # mirror TTA at the end
     assert all(model is averages[0].net for model, _ in evaluated)
+
+
+def test_fast_optimizer_is_the_originals_nesterov_with_the_lr_inside_the_momentum(fast):
+    """cifar10-fast's nesterov_update, written out: d = g + wd w; v = m v - lr d; w = w - lr d + m v,
+    with each step's lr. Four steps at changing lrs (as in the warmup) on both groups; PyTorch's SGD,
+    which keeps the lr outside its buffer, takes other steps there."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), fast.GhostBatchNorm(4, 2, momentum=0.1, eps=1e-5))
+    opt = dict(fast.hyp['opt'], batch_size=8)
+    optimizer = fast.make_optimizer(model, opt)
+    params = [p for g in optimizer.param_groups for p in g['params']]
+    assert len(params) == 2  # the BatchNorm bias, the conv weight
+    reference = [(p.detach().clone(), torch.zeros_like(p)) for p in params]
+    pytorch = torch.optim.SGD([dict(params=[p.detach().clone().requires_grad_()], lr=g['lr'], weight_decay=g['weight_decay'])
+                               for g in optimizer.param_groups for p in g['params']], momentum=0.9, nesterov=True)
+    base = [g['lr'] for g in optimizer.param_groups]
+    for multiplier in (0.05, 0.1, 0.2, 0.15):
+        grads = [torch.randn_like(p) for p in params]
+        for g, b in zip(optimizer.param_groups, base):
+            g['lr'] = b * multiplier
+        for g, b in zip(pytorch.param_groups, base):
+            g['lr'] = b * multiplier
+        for p, grad, q in zip(params, grads, [q for g in pytorch.param_groups for q in g['params']]):
+            p.grad, q.grad = grad.clone(), grad.clone()
+        optimizer.step()
+        pytorch.step()
+        for i, (grad, g) in enumerate(zip(grads, [g for g in optimizer.param_groups for _ in g['params']])):
+            w, v = reference[i]
+            d = grad + g['weight_decay'] * w
+            v = 0.9 * v - g['lr'] * d
+            reference[i] = (w - g['lr'] * d + 0.9 * v, v)
+    for p, (w, _) in zip(params, reference):
+        assert torch.allclose(p.detach(), w, rtol=1e-5, atol=1e-7)
+    assert not all(torch.allclose(p.detach(), q.detach(), rtol=1e-3)
+                   for p, q in zip(params, [q for g in pytorch.param_groups for q in g['params']]))
+
+
+def test_fast_ema_copy_averages_its_splits_once_then_evaluates_with_split_0(fast, data, monkeypatch):
+    """In training, the EMA copy's ghost BatchNorms average each split's running statistics; at its
+    first evaluation it leaves training mode, which replaces every split's by their mean, and it
+    stays in eval mode, so later evaluations see split statistics that have drifted apart again and
+    normalise with split 0's."""
+    settings = {k: v for k, v in FAST_TINY.items() if k.startswith('net.')}
+    hyp = tiny(fast, settings, **{'opt.batch_size': 200, 'opt.train_epochs': 3.0})
+    real_evaluate, calls = fast.evaluate, []
+
+    def evaluate(model, loader, tta_level):
+        norm = model[2]
+        before = (norm.training, torch.allclose(norm.running_mean, norm.running_mean[:1].expand_as(norm.running_mean)))
+        acc = real_evaluate(model, loader, tta_level)
+        after = torch.allclose(norm.running_mean, norm.running_mean[:1].expand_as(norm.running_mean))
+        calls.append((*before, norm.training, after))
+        return acc
+
+    monkeypatch.setattr(fast, 'evaluate', evaluate)
+    fast.train(hyp, fast.Device('cpu'), data, run=1, seed=0)
+    # (in training before, splits equal before, in training after, splits equal after)
+    assert calls == [(True, False, False, True), (False, False, False, False), (False, False, False, False),
+                     (False, False, False, False)]
 
 
 # ================================================================ hlb-CIFAR10
@@ -313,15 +416,20 @@ def test_chunked_whitening_averages_each_chunks_eigen_decomposition(hlb, monkeyp
 
 
 def test_crop_keeps_the_originals_offsets(hlb, data):
+    """The original draws the crop's centre with random_(15, 19) on the 36 x 36 padded image: its
+    corner is at 0, 1, 2 or 3 per axis, uniformly, and never at 4."""
     torch.manual_seed(0)
-    padded = torch.randn(600, 3, 36, 36)
-    corners = set()
-    out = hlb.crop_corner(padded, 32, positions=2)
+    padded = torch.randn(1600, 3, 36, 36)
+    corners = []
+    out = hlb.crop_corner(padded, 32, positions=hlb.hyp['aug']['crop_positions'])
     for i in range(len(out)):
         match = [(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(out[i], padded[i, :, dy:dy + 32, dx:dx + 32])]
         assert len(match) == 1
-        corners.add(match[0])
-    assert corners == {(0, 0), (0, 1), (1, 0), (1, 1)}  # the original only reaches corners 0 and 1
+        corners.append(match[0])
+    assert set(corners) == {(dy, dx) for dy in range(4) for dx in range(4)}
+    for axis in range(2):  # uniform over the 4: 400 expected each
+        counts = [sum(c[axis] == k for c in corners) for k in range(4)]
+        assert all(320 < n < 480 for n in counts), counts
     full = hlb.crop_corner(padded, 32, positions=5)
     reached = {next((dy, dx) for dy in range(5) for dx in range(5)
                     if torch.equal(full[i], padded[i, :, dy:dy + 32, dx:dx + 32])) for i in range(len(full))}
@@ -334,17 +442,29 @@ def test_crop_keeps_the_originals_offsets(hlb, data):
     normalised = (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
     assert torch.allclose(loader.normalize(loader.images), normalised, atol=1e-4)
     padded = F.pad(normalised, (2,) * 4, 'reflect')
+    corners = set()
     for _ in range(2):
         images, _, _ = loader.next_epoch()
         mirrored = []
         for i in range(0, 2000, 20):
-            as_is = [torch.allclose(images[i], padded[i, :, dy:dy + 32, dx:dx + 32], atol=1e-4)
-                     for dy in (0, 1) for dx in (0, 1)]
-            flipped = [torch.allclose(images[i].flip(-1), padded[i, :, dy:dy + 32, dx:dx + 32], atol=1e-4)
-                       for dy in (0, 1) for dx in (0, 1)]
-            assert any(as_is) != any(flipped)
-            mirrored.append(any(flipped))
+            as_is = [(dy, dx) for dy in range(5) for dx in range(5)
+                     if torch.allclose(images[i], padded[i, :, dy:dy + 32, dx:dx + 32], atol=1e-4)]
+            flipped = [(dy, dx) for dy in range(5) for dx in range(5)
+                       if torch.allclose(images[i].flip(-1), padded[i, :, dy:dy + 32, dx:dx + 32], atol=1e-4)]
+            assert len(as_is + flipped) == 1
+            corners.update(as_is + flipped)
+            mirrored.append(bool(flipped))
         assert 0.3 < sum(mirrored) / len(mirrored) < 0.7  # a random flip, drawn every epoch
+    assert corners == {(dy, dx) for dy in range(4) for dx in range(4)}  # the loader's default: the original's
+
+
+def test_hlb_layer_order_conv_pool_norm_gelu(hlb):
+    """hlb-CIFAR10's ConvGroup: conv -> MaxPool 2 -> BatchNorm -> GELU -> conv -> BatchNorm -> GELU,
+    so the first BatchNorm sees the pooled map."""
+    group = hlb.ConvGroup(24, 32, 0.6)
+    assert called_in_order(group, torch.randn(2, 24, 31, 31)) == [
+        ('conv1', (31, 31)), ('pool', (31, 31)), ('norm1', (15, 15)), ('activ', (15, 15)), ('conv2', (15, 15)),
+        ('norm2', (15, 15)), ('activ', (15, 15))]
 
 
 def test_cutmix_pastes_one_square_and_mixes_labels_by_area(hlb):
@@ -417,7 +537,11 @@ def test_network_batchnorm_and_precision(hlb):
 
 
 def test_hlb_schedule_is_pytorchs_one_cycle(hlb):
-    total = 581
+    """The script's own schedule settings and step count, against the original's OneCycleLR
+    (pct_start 0.23, linear, from 1e-16 of the peak to 0.07 of it), written out here."""
+    o = hlb.hyp['opt']
+    total = hlb.train_steps(o, 50000)
+    assert total == 581
     probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     one_cycle = torch.optim.lr_scheduler.OneCycleLR(probe, max_lr=1.0, total_steps=total, pct_start=0.23,
                                                     anneal_strategy='linear', div_factor=1e16,
@@ -428,7 +552,7 @@ def test_hlb_schedule_is_pytorchs_one_cycle(hlb):
         probe.step()
         if step < total - 1:  # stepping past the last step is an error
             one_cycle.step()
-    got = hlb.lr_schedule(total, 1e-16, 0.23, 0.07)
+    got = hlb.lr_schedule(total, o['lr_start'], o['lr_peak_at'], o['lr_end'])
     assert got[:total] == pytest.approx(expected, abs=1e-9)
     assert got[0] == pytest.approx(0, abs=1e-12) and got[total - 1] == pytest.approx(0.07)
     peak = 0.23 * total - 1  # 132.63: steps 132 and 133 straddle it
@@ -545,14 +669,8 @@ def test_hlb_activations_are_gelu(hlb):
     assert not any(isinstance(x, (nn.ReLU, nn.CELU)) for x in net.modules())
 
 
-@pytest.mark.parametrize('name, settings', [('fast', FAST_TINY), ('hlb', HLB_TINY)])
-def test_whitening_reads_the_first_training_images_normalised(name, settings, request, data, monkeypatch):
-    """train() whitens from the first net.whiten_images training images, normalised as the record
-    does (cifar10-fast: Page's constants; hlb: the training set's own mean and unbiased std), and
-    cifar10-fast's EMA starts from the whitened net."""
-    m = request.getfixturevalue(name)
-    hyp = tiny(m, settings, **{'opt.train_epochs': 0.5})
-    n = hyp['net']['whiten_images']
+def whitened_images(m, hyp, data, monkeypatch, seed=0):
+    """The images train() whitens from, and (cifar10-fast) the whitening filters and the EMA's."""
     seen = {}
     real_init, real_ema = m.init_whitening_conv, getattr(m, 'EMA', None)
 
@@ -567,15 +685,45 @@ def test_whitening_reads_the_first_training_images_normalised(name, settings, re
                 super().__init__(net)
                 seen['ema_filters'] = self.net[0].weight.detach().clone()
         monkeypatch.setattr(m, 'EMA', Seeing)
-    m.train(hyp, m.Device('cpu'), data, run=1, seed=0)
+    m.train(hyp, m.Device('cpu'), data, run=1, seed=seed)
+    monkeypatch.undo()
+    return seen
+
+
+def test_fast_whitening_reads_the_first_training_images_normalised(fast, data, monkeypatch):
+    """cifar10-fast whitens from the first net.whiten_images training images, normalised with
+    Page's constants, and its EMA starts from the whitened net."""
+    hyp = tiny(fast, FAST_TINY, **{'opt.train_epochs': 0.5})
+    n = hyp['net']['whiten_images']
+    seen = whitened_images(fast, hyp, data, monkeypatch)
     x = data['train']['images'].permute(0, 3, 1, 2).double()
-    if name == 'fast':
-        mean = torch.tensor([125.31, 122.95, 113.87], dtype=torch.float64).view(1, 3, 1, 1)
-        std = torch.tensor([62.99, 62.09, 66.70], dtype=torch.float64).view(1, 3, 1, 1)
-    else:
-        mean, std = x.mean(dim=(0, 2, 3), keepdim=True), x.std(dim=(0, 2, 3), keepdim=True)  # unbiased
+    mean = torch.tensor([125.31, 122.95, 113.87], dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor([62.99, 62.09, 66.70], dtype=torch.float64).view(1, 3, 1, 1)
     expected = ((x[:n] - mean) / std).float()
     assert seen['images'].shape == expected.shape
     assert torch.allclose(seen['images'].float(), expected, atol=1e-4)
-    if name == 'fast':
-        assert torch.equal(seen['ema_filters'], seen['filters'])
+    assert torch.equal(seen['ema_filters'], seen['filters'])
+
+
+def test_hlb_whitening_reads_the_training_images_in_a_fresh_random_order(hlb, data, monkeypatch):
+    """hlb-CIFAR10 whitens from net.whiten_images training images taken in a random permutation of
+    the training set drawn anew every run (the chunks, whose decompositions are averaged, differ
+    from run to run), normalised with the training set's own mean and unbiased std."""
+    hyp = tiny(hlb, HLB_TINY, **{'opt.train_epochs': 0.5})
+    n = hyp['net']['whiten_images']
+    x = data['train']['images'].permute(0, 3, 1, 2).double()
+    mean, std = x.mean(dim=(0, 2, 3), keepdim=True), x.std(dim=(0, 2, 3), keepdim=True)  # unbiased
+    normalised = ((x - mean) / std).float()
+    torch.manual_seed(0)
+    projection = torch.randn(3 * 32 * 32, 8)
+    keys = normalised.flatten(1) @ projection
+    orders = []
+    for seed in (0, 1):
+        seen = whitened_images(hlb, hyp, data, monkeypatch, seed=seed)['images'].float()
+        assert seen.shape == (n, 3, 32, 32)
+        index = torch.cdist(seen.flatten(1) @ projection, keys).argmin(1)
+        assert torch.allclose(seen, normalised[index], atol=1e-4)  # training images, normalised
+        assert len(set(index.tolist())) == n  # each at most once
+        orders.append(index.tolist())
+    assert orders[0] != list(range(n)) and orders[1] != list(range(n))  # not the file order
+    assert orders[0] != orders[1]  # drawn anew every run
