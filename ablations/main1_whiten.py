@@ -27,39 +27,12 @@ Results: ablations/README.md; every figure of ours there names its log in logs/.
 Your runs: each invocation writes logs/<script>-<date>-<time>-<id>/log.json and log.pt
 (--log-dir); the scripts print the path.
 
-Layout: the method first, from the hyperparameters to the training loop and its FLOPs count,
-then one banner and the harness (errors, device and timer, data files, logging, command line,
-driver), the same text in every script. "#=== shared: NAME" marks a block that other scripts
-carry verbatim; tools/shared_blocks.py keeps the copies identical.
+Layout: the hyperparameters, then Setup (errors, device, timer, the table), then the method in
+the original's order (loader, network, whitening, lookahead, TTA, training and its FLOPs count),
+then one banner and the harness (data files, logs, command line, the invocation), the same text in
+every script. Every name is defined above its first use. "#=== shared: NAME" marks a block that
+other scripts carry verbatim; tools/shared_blocks.py keeps the copies identical.
 """
-
-#=== shared: imports
-import argparse
-import contextlib
-import copy
-import datetime
-import difflib
-import json
-import math
-import os
-import pickle
-import platform
-import secrets
-import shutil
-import signal
-import subprocess
-import sys
-import tarfile
-import tempfile
-import time
-import uuid
-from math import ceil
-
-import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from torch import nn
-#=== end shared: imports
 
 #############################################
 #              Hyperparameters              #
@@ -94,6 +67,150 @@ hyp = {
         'tta_level': 1,            # test-time augmentation: 0 none, 1 mirror, 2 mirror + 2 translations
     },
 }
+
+#############################################
+#                   Setup                   #
+#############################################
+# What the method needs before it starts: the errors it raises, the device with its number formats
+# and clock, the timer, the per-epoch table and the FLOPs counter. The same in every script.
+
+#=== shared: setup
+import contextlib
+import math
+import os
+import sys
+import time
+from math import ceil
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NUM_CLASSES = 10
+
+
+class UserError(ValueError):
+    """Bad input (a flag, a hyperparameter, a data file, a path): one sentence, exit status 2."""
+
+
+class TrainingDiverged(ArithmeticError):
+    """The training loss became NaN or infinite; the message names the step. Exit status 1."""
+
+
+def require(ok, key, value, rule):
+    if not ok:
+        raise UserError(f'--set {key}={value!r} is out of range: it {rule}')
+
+
+class Device:
+    """The accelerator and its number formats, resolved once. cuda (the record path): fp16
+    weights and activations, BatchNorm in fp32, channels_last, cudnn.benchmark, CUDA events.
+    cpu: fp32 weights, bf16 autocast around the forward pass only (around backward and the
+    optimizer step too, learning stalled at chance), channels_last; fp32 throughout without fast
+    bf16. mps: fp32 weights, fp16 autocast forward, contiguous layout. Off CUDA the clock is
+    perf_counter, read after the device has finished its queued work."""
+
+    def __init__(self, name='auto', index=0):
+        available = {'cuda': torch.cuda.is_available(), 'mps': torch.backends.mps.is_available(), 'cpu': True}
+        if name == 'auto':
+            name = next(n for n in ('cuda', 'mps', 'cpu') if available[n])
+        if not available[name]:
+            raise UserError(f'--device {name} was asked for, but this machine and torch build have no '
+                            f'{name.upper()}: use --device auto or cpu')
+        self.type, self.torch_device, self.note = name, torch.device(name), ''
+        if name == 'cuda':  # one GPU per process: torchrun's local rank picks it
+            if index >= torch.cuda.device_count():
+                raise UserError(f'process {index} of this node needs GPU {index}, but only '
+                                f'{torch.cuda.device_count()} are visible: start at most that many per node')
+            self.torch_device = torch.device('cuda', index)
+            torch.cuda.set_device(self.torch_device)
+        self.memory_format = torch.contiguous_format if name == 'mps' else torch.channels_last
+        self.model_dtype = self.data_dtype = torch.float16 if name == 'cuda' else torch.float32
+        self.autocast_dtype = {'cuda': None, 'mps': torch.float16}.get(name, torch.bfloat16)
+        if name == 'cuda':
+            torch.backends.cudnn.benchmark = True
+        elif name == 'cpu' and not (torch.backends.mkldnn.is_available()
+                                    and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            self.autocast_dtype, self.note = None, 'this CPU has no fast bf16, so it trains in fp32 (slower)'
+
+    def prepare(self, net):
+        """Moves a freshly built net to the device in its training formats (BatchNorm in fp32)."""
+        net = net.to(self.torch_device).to(self.model_dtype).to(memory_format=self.memory_format)
+        for module in net.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.float()
+        return net
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.type, dtype=self.autocast_dtype)
+
+    def start_clock(self):
+        if self.type != 'cuda':
+            return self.read_clock(0.0)
+        start = torch.cuda.Event(enable_timing=True)
+        start.record()
+        return start
+
+    def read_clock(self, start):
+        """Seconds since start_clock(), after all queued work has finished."""
+        if self.type == 'cuda':
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            torch.cuda.synchronize()
+            return 1e-3 * start.elapsed_time(end)
+        if self.type == 'mps':
+            torch.mps.synchronize()
+        return time.perf_counter() - start
+
+
+class Timer:
+    """Sums the seconds spent inside `with timer:` blocks; everything else is untimed."""
+
+    def __init__(self, dev):
+        self.dev, self.seconds = dev, 0.0
+
+    def __enter__(self):
+        self.start = self.dev.start_clock()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds += self.dev.read_clock(self.start)
+
+
+def say(text):
+    """print(), except that once stdout is closed (`| head`) the rest goes to /dev/null: the runs go on."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+COLUMNS = ('run', 'epoch', 'train_loss', 'train_acc', 'val_acc', 'tta_val_acc', 'time_seconds')
+
+
+def print_row(cells, rule_before=False, rule_after=False):
+    """One fixed-width row of the per-epoch table; cells maps column names to values."""
+    assert set(cells) <= set(COLUMNS), set(cells) - set(COLUMNS)
+    def fmt(value):
+        return '' if value is None else f'{value:.4f}' if isinstance(value, float) else str(value)
+    line = '| ' + ' | '.join(fmt(cells.get(c)).rjust(max(len(c), 6)) for c in COLUMNS) + ' |'
+    rows, rule = [line], '-' * len(line)
+    if rule_before:
+        rows.insert(0, rule)
+    if rule_after:
+        rows.append(rule)
+    say('\n'.join(rows))
+
+
+def count_flops(fn):
+    """FLOPs of fn() as torch.utils.flop_counter counts them (matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode  # it imports sympy: only when counting
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+#=== end shared: setup
 
 
 def check_hyp(hyp):
@@ -163,16 +280,21 @@ def batch_cutout(images, size, generator=None):
 class CifarLoader:
     """The whole split resident on the device; batches are index gathers, no workers.
 
+    split: uint8 NHWC `images`, int64 `labels` and `classes` (load_cifar10() reads them from a data
+    folder). `images` (NCHW, in [0, 1], not yet normalised) and `labels` may be replaced, by a
+    subset say, until the first epoch begins; len() is the number of batches per epoch.
     aug: flip ('alternating': epoch 0 mirrors a random half, every later epoch mirrors every
     image relative to the epoch before; 'random': each image mirrored with p=0.5, drawn anew every
     epoch; 'none'), translate r (reflect-pad r once, then a random crop per image per epoch),
     cutout s (one zeroed s x s square per image per epoch, after cropping and flipping, in
-    normalised space). Training loaders reshuffle every epoch and drop the last partial batch.
-    Random draws come from `generator` (a torch.Generator on the device), else torch's global RNG.
+    normalised space). Training loaders (train=True) reshuffle every epoch and drop the last
+    partial batch, unless shuffle or drop_last say otherwise. Random draws come from `generator`
+    (a torch.Generator on the device), else torch's global RNG.
     """
 
-    def __init__(self, split, dev, batch_size, train, aug=None, generator=None):
-        self.dev, self.generator = dev, generator
+    def __init__(self, split, dev, batch_size=500, train=True, aug=None, drop_last=None, shuffle=None,
+                 generator=None):
+        self.dev, self.generator, self.epoch = dev, generator, 0
         self.images = split['images'].to(dev.torch_device).permute(0, 3, 1, 2)
         self.images = (self.images.to(dev.data_dtype) / 255).contiguous(memory_format=dev.memory_format)
         self.labels = split['labels'].to(dev.torch_device)
@@ -181,10 +303,16 @@ class CifarLoader:
         unknown = set(self.aug) - {'flip', 'translate', 'cutout'}
         if unknown or self.aug.get('flip', 'none') not in ('alternating', 'random', 'none'):
             raise ValueError(f'bad augmentation {self.aug}: use flip (alternating, random, none), translate, cutout')
-        self.batch_size, self.drop_last, self.shuffle = batch_size, train, train
+        self.batch_size = batch_size
+        self.drop_last = train if drop_last is None else drop_last
+        self.shuffle = train if shuffle is None else shuffle
         self.mean = torch.tensor(CIFAR_MEAN, device=dev.torch_device, dtype=dev.data_dtype).view(1, 3, 1, 1)
         self.std = torch.tensor(CIFAR_STD, device=dev.torch_device, dtype=dev.data_dtype).view(1, 3, 1, 1)
-        self.epoch = 0
+
+    def __setattr__(self, name, value):
+        if name in ('images', 'labels') and self.epoch > 0:  # epoch 0 has prepared (flipped, padded) the images
+            raise ValueError(f'the loader\'s {name} can be replaced only before its first epoch begins')
+        super().__setattr__(name, value)
 
     def normalize(self, images):
         return (images - self.mean) / self.std
@@ -349,7 +477,7 @@ def tta_logits(model, inputs, tta_level):
     return 0.5 * mirror(inputs) + 0.5 * torch.stack([mirror(x) for x in translated]).mean(0)
 
 
-def infer(model, loader, tta_level, eval_batch_size=2000):
+def infer(model, loader, tta_level=0, eval_batch_size=2000):
     """Logits for every image of the loader, in order, without augmentation other than TTA."""
     model.eval()
     images = loader.normalize(loader.images)
@@ -357,7 +485,7 @@ def infer(model, loader, tta_level, eval_batch_size=2000):
         return torch.cat([tta_logits(model, x, tta_level) for x in images.split(eval_batch_size)])
 
 
-def evaluate(model, loader, tta_level):
+def evaluate(model, loader, tta_level=0):
     logits = infer(model, loader, tta_level)
     return (logits.argmax(1) == loader.labels).float().mean().item()
 #=== end shared: tta
@@ -407,17 +535,27 @@ def make_optimizer(model, opt):
 #=== end shared: optimizer
 
 
-def train(hyp, dev, data, run, seed):
-    """One training run; run == 'warmup' trains on random labels. Returns the run's record."""
-    torch.manual_seed(seed)
-    o = hyp['opt']
-    train_loader = CifarLoader(data['train'], dev, o['batch_size'], train=True, aug=hyp['aug'])
-    test_loader = CifarLoader(data['test'], dev, 2000, train=False)
-    if run == 'warmup':  # only warms up the device, so the labels may as well be noise
-        train_loader.labels = torch.randint(0, NUM_CLASSES, size=train_loader.labels.shape, device=dev.torch_device)
-    total_steps = train_steps(o, len(train_loader.images))
+def make_loaders(hyp, dev, data):
+    """Fresh loaders for one run: the training split augmented as hyp['aug'] says, the test split plain."""
+    return (CifarLoader(data['train'], dev, hyp['opt']['batch_size'], train=True, aug=hyp['aug']),
+            CifarLoader(data['test'], dev, 2000, train=False))
 
-    model = dev.prepare(make_net(hyp))
+
+def train(hyp, dev, train_loader, test_loader=None, seed=None, run=0, verbose=True, callback=None, model=None):
+    """One training run on the loaders' data; returns (the trained model, the run's record).
+
+    seed, if given, seeds torch's generator first; model, if given, is the untrained net to train
+    instead of make_net(hyp)'s. The record holds the final TTA accuracy and the plain one (None
+    without a test loader), the timed seconds, the steps and the per-epoch history; verbose prints
+    the per-epoch table; callback(model, epoch record), if given, runs after every epoch, untimed.
+    Raises TrainingDiverged when the loss becomes NaN or infinite."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    o = hyp['opt']
+    total_steps = train_steps(o, len(train_loader.images))
+    train_loader.epoch = 0  # a loader may be trained on again: its epoch 0 prepares the images afresh
+
+    model = dev.prepare(make_net(hyp) if model is None else model)
     optimizer = make_optimizer(model, o)
     schedule = lr_schedule(total_steps, o['lr_start'], o['lr_peak_at'], o['lr_end'])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule[step])
@@ -427,7 +565,7 @@ def train(hyp, dev, data, run, seed):
         whiten_images = train_loader.normalize(train_loader.images[:hyp['net']['whiten_images']])
         init_whitening_conv(model[0], whiten_images, hyp['net']['whiten_eps'])
 
-    step, history = 0, []
+    step, history, val_acc, tta_val_acc = 0, [], None, None
     for epoch in range(ceil(o['train_epochs'])):
         finite = []
         with timer:
@@ -447,19 +585,24 @@ def train(hyp, dev, data, run, seed):
         if not torch.stack(finite).all():
             bad = step - len(finite) + 1 + int(torch.stack(finite).logical_not().nonzero()[0])
             raise TrainingDiverged(f'the training loss became NaN or infinite at step {bad} of {total_steps} '
-                                   f'(run {run}, epoch {epoch + 1}); stopped. Finished runs are in the log.')
+                                   f'(run {run}, epoch {epoch + 1})')
         train_acc = (outputs.detach().argmax(1) == labels).float().mean().item()
         train_loss = loss.item() / len(labels)
-        val_acc = evaluate(model, test_loader, tta_level=0)  # untimed, for the table only
+        if test_loader is not None:
+            val_acc = evaluate(model, test_loader, tta_level=0)  # untimed, for the table only
         history.append({'epoch': epoch + 1, 'train_loss': train_loss, 'train_acc': train_acc, 'val_acc': val_acc})
-        print_row({'run': run if epoch == 0 else None, 'epoch': epoch + 1, 'train_loss': train_loss,
-                   'train_acc': train_acc, 'val_acc': val_acc, 'time_seconds': timer.seconds})
+        if verbose:
+            print_row({'run': run if epoch == 0 else None, **history[-1], 'time_seconds': timer.seconds})
+        if callback is not None:
+            callback(model, history[-1])
 
-    with timer:
-        tta_val_acc = evaluate(model, test_loader, tta_level=hyp['net']['tta_level'])
-    print_row({'epoch': 'eval', 'tta_val_acc': tta_val_acc, 'time_seconds': timer.seconds}, rule_after=True)
-    return {'run': run, 'seed': seed, 'tta_val_acc': tta_val_acc, 'val_acc': val_acc,
-            'time_seconds': timer.seconds, 'steps': step, 'epochs': history}
+    if test_loader is not None:
+        with timer:
+            tta_val_acc = evaluate(model, test_loader, tta_level=hyp['net']['tta_level'])
+    if verbose:
+        print_row({'epoch': 'eval', 'tta_val_acc': tta_val_acc, 'time_seconds': timer.seconds}, rule_after=True)
+    return model, {'run': run, 'seed': seed, 'tta_val_acc': tta_val_acc, 'val_acc': val_acc,
+                   'time_seconds': timer.seconds, 'steps': step, 'epochs': history}
 
 
 def flops_per_run(hyp, n_train, n_test):
@@ -483,723 +626,398 @@ def flops_per_run(hyp, n_train, n_test):
 #############################################
 #      Harness: the same in every script    #
 #############################################
-# Everything below this banner is the harness, not the method: errors, device and timer, data
-# files, logging and statistics, command line, and the driver that runs the invocation. It is
-# the same text in every script, block by block (tools/shared_blocks.py checks it), so it needs
-# reading once; only main() at the very end is the script's own.
+# The harness, not the method: data files, logs, command line, the invocation (warmup, runs, torchrun,
+# exit statuses). One shared block, the same in every script: read it once; only main() is the script's.
 
-#=== shared: errors
-class UserError(Exception):
-    """Bad input (flags, data, paths): reported as one sentence, exit status 2."""
+#=== shared: harness
+import argparse
+import datetime
+import difflib
+import hashlib
+import io
+import json
+import pathlib
+import pickle
+import platform
+import secrets
+import shutil
+import signal
+import subprocess
+import tarfile
+import zlib
+
+import torch.distributed as dist
+
+CIFAR_FILES = [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']
+OFFICIAL_MD5 = 'c58f30108f718f92721af3b95e74349a'  # of cifar-10-python.tar.gz as released
 
 
-class TrainingDiverged(Exception):
-    """The training loss became NaN or infinite: reported with its step, exit status 1."""
+def atomic_write(path, write):
+    """write(tmp), then tmp renamed over path: never a half-written file, and a failed write leaves the old one."""
+    tmp = f'{path}.tmp-{os.getpid()}'
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except RuntimeError as e:  # how torch.save reports a failed write
+        raise OSError(str(e).strip().splitlines()[-1]) from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
 
 
-def require(ok, key, value, rule):
-    if not ok:
-        raise UserError(f'--set {key}={value!r} is out of range: it {rule}')
+def check(where, fix, *rules):
+    """UserError naming the file and its first field that is wrong; a rule: (field, value, ok, expected)."""
+    for field, value, ok, expected in rules:
+        if not ok:
+            found = f'shape {tuple(value.shape)}, dtype {value.dtype}' if hasattr(value, 'dtype') else type(value)
+            raise UserError(f'{where} holds {field} of {found}, expected {expected}: {fix}')
+
+
+def check_split(split, where, fix):
+    """split, if it holds dense uint8 (N, 32, 32, 3) images, int64 (N,) labels in range and class names."""
+    split = split if isinstance(split, dict) else {}
+    images, labels, classes = split.get('images'), split.get('labels'), split.get('classes')
+    dense = [isinstance(x, torch.Tensor) and x.layout == torch.strided and x.is_contiguous() for x in (images, labels)]
+    n = len(images) if dense[0] and images.dtype == torch.uint8 and images.shape[1:] == (32, 32, 3) else 0
+    check(where, fix, ('images', images, n > 0, 'a dense uint8 tensor of shape (N, 32, 32, 3)'),
+                 ('labels', labels, dense[1] and labels.dtype == torch.int64 and labels.shape == (n,),
+                  f'a dense int64 tensor of shape ({n},)'),
+                 ('classes', classes, isinstance(classes, list) and len(classes) == NUM_CLASSES
+                  and all(isinstance(c, str) for c in classes), f'a list of {NUM_CLASSES} class names'))
+    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
+        raise UserError(f'{where} has labels outside 0..{NUM_CLASSES - 1} ({labels.min()}..{labels.max()}): {fix}')
+    return split
+
+
+class OfficialUnpickler(pickle.Unpickler):
+    """A pickle may name any function to call: this one refuses all but those the official files' arrays need."""
+    allowed = {('numpy', 'ndarray'), ('numpy', 'dtype'), ('numpy.core.multiarray', '_reconstruct'),
+               ('numpy._core.multiarray', '_reconstruct'), ('_codecs', 'encode')}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.allowed:
+            raise pickle.UnpicklingError(f'it asks to call {module}.{name}, which no CIFAR-10 file does')
+        return super().find_class(module, name)
+
+
+def read_official(folder, origin):
+    """The official python layout (pickled dicts of numpy arrays), each file checked on its own."""
+    fix, splits, classes = f'delete {folder} and extract cifar-10-python.tar.gz again', {'train': [], 'test': []}, []
+    for name in ['batches.meta'] + CIFAR_FILES:
+        path = os.path.join(folder, name)
+        try:
+            with open(path, 'rb') as f:
+                content = OfficialUnpickler(f, encoding='bytes').load()
+        except FileNotFoundError:
+            raise UserError(f'{path} is missing: {folder} is not a complete CIFAR-10 folder; {fix}') from None
+        except ModuleNotFoundError:
+            raise UserError(f'reading {path} needs numpy, which is not installed: pip install numpy') from None
+        except Exception as e:  # truncated, corrupt, or refused by the unpickler
+            raise UserError(f'{path} cannot be read ({type(e).__name__}: {e}): truncated or corrupt, or not an '
+                            f'official CIFAR-10 file; {fix}') from None
+        get = content.get if isinstance(content, dict) else {}.get
+        if name == 'batches.meta':
+            with contextlib.suppress(AttributeError, TypeError, UnicodeDecodeError):
+                classes = [c.decode() for c in get(b'label_names')]
+            check(path, fix, ('label_names', get(b'label_names'), len(classes) == NUM_CLASSES, '10 UTF-8 byte strings'))
+            continue
+        data, labels = get(b'data'), get(b'labels')
+        rows = len(data) if getattr(data, 'dtype', '') == 'uint8' and getattr(data, 'shape', ())[1:] == (3072,) else -1
+        check(path, fix, ('data', data, rows >= 0, 'a uint8 array of shape (N, 3072)'),
+                     ('labels', labels, isinstance(labels, list) and len(labels) == rows
+                      and all(type(v) is int for v in labels), f'a list of {rows} integers'))
+        split = {'images': torch.from_numpy(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()),
+                 'labels': torch.tensor(labels, dtype=torch.int64), 'classes': classes}
+        splits['test' if name == 'test_batch' else 'train'].append(check_split(split, path, fix))
+    return {s: {'images': torch.cat([p['images'] for p in parts]), 'labels': torch.cat([p['labels'] for p in parts]),
+                'classes': classes, 'origin': origin} for s, parts in splits.items()}
+
+
+def extract_archive(archive, data_dir):
+    """cifar-10-batches-py/ next to the archive, through a temp folder and a rename (if another invocation
+    renames first, its folder is used); returns what the archive is, by its MD5."""
+    try:
+        with open(archive, 'rb') as f:
+            packed = f.read()
+        # all of the gzip stream first: its CRC is at the end, which tar stops before
+        top, tar = 'cifar-10-batches-py', tarfile.open(fileobj=io.BytesIO(zlib.decompress(packed, 16 + zlib.MAX_WBITS)))
+        members = [m for m in tar.getmembers() if m.isfile() and os.path.normpath(m.name).startswith(top + os.sep)]
+    except (OSError, zlib.error, tarfile.TarError) as e:
+        raise UserError(f'{archive} is damaged ({e}): delete it and download it again') from None
+    if not members:
+        raise UserError(f'{archive} holds no cifar-10-batches-py/ folder: it is not the CIFAR-10 python archive')
+    tmp, target = os.path.join(data_dir, f'.extract-{os.getpid()}'), os.path.join(data_dir, 'cifar-10-batches-py')
+    try:
+        tar.extractall(tmp, members=members, **({'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}))
+        os.replace(os.path.join(tmp, 'cifar-10-batches-py'), target)
+    except OSError as e:
+        if not os.path.isdir(target):
+            raise UserError(f'cannot extract {archive} into {data_dir} ({e.strerror or e}): extract it yourself '
+                            '(tar xzf) or use a writable --data-dir with room for it') from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    md5 = hashlib.md5(packed).hexdigest()
+    return f'cifar-10-python.tar.gz with MD5 {md5}: ' + ('the official release' if md5 == OFFICIAL_MD5 else
+                                                          'not the official release (repacked or synthetic)')
+
+
+def load_cifar10(data_dir):
+    """({'train': split, 'test': split}, source), a split of uint8 NHWC `images`, int64 `labels`, `classes` and
+    `origin`, from the cache, else the official folder, else its archive, else a download; then cached."""
+    caches = {s: os.path.join(data_dir, f'{s}.pt') for s in ('train', 'test')}
+    if all(os.path.isfile(p) for p in caches.values()):
+        splits, fix = {}, 'delete it and it will be rebuilt from the official files'
+        for split, path in caches.items():
+            try:  # weights_only: tensors and plain data, never code
+                splits[split] = torch.load(path, map_location='cpu', weights_only=True)
+            except Exception as e:
+                raise UserError(f'{path} cannot be read ({type(e).__name__}; truncated or corrupt?): {fix}') from None
+            check_split(splits[split], path, fix)
+        return splits, 'cache'
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise UserError(f'--data-dir {data_dir} is a file, not a folder: point it at the folder holding CIFAR-10')
+    folder, archive = os.path.join(data_dir, 'cifar-10-batches-py'), os.path.join(data_dir, 'cifar-10-python.tar.gz')
+    source, origin, tmp = 'official pickles', 'cifar-10-batches-py/ as found', f'{data_dir}/.download-{os.getpid()}'
+    if not os.path.isdir(folder):
+        source = 'official archive' if os.path.isfile(archive) else 'download'
+        try:
+            if source == 'download':
+                os.makedirs(tmp)
+                import torchvision
+                say(f'downloading CIFAR-10 into {data_dir} ...')
+                torchvision.datasets.CIFAR10(tmp, download=True)
+                os.replace(os.path.join(tmp, 'cifar-10-python.tar.gz'), archive)
+        except Exception as e:  # no torchvision (installed only to download), no network, no room
+            raise UserError(f'no CIFAR-10 in {data_dir} and downloading it with torchvision failed ({type(e).__name__}:'
+                            f' {e}): check the network, or put cifar-10-python.tar.gz there') from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        origin = extract_archive(archive, data_dir)
+    splits, written = read_official(folder, origin), []
+    try:
+        for split, path in caches.items():
+            atomic_write(path, lambda tmp: torch.save(splits[split], tmp))
+            written.append(path)
+    except BaseException as e:  # a full disk, a read-only folder or Ctrl-C: no half cache is left
+        for path in written:
+            os.remove(path)
+        if not isinstance(e, OSError):
+            raise
+        say(f'note: could not write the cache in {data_dir} ({e.strerror or e}); reading the pickles again next time')
+    return splits, source
+
+
+def environment(dev):
+    """The machine and software, for the log; 'summary' is its one-line form."""
+    gpu, smi, cpu = None, None, platform.processor() or platform.machine()
+    model, autocast = (str(t).replace('torch.', '') if t else None for t in (dev.model_dtype, dev.autocast_dtype))
+    with contextlib.suppress(OSError, subprocess.SubprocessError):  # the GPU and nvidia-smi's report, if any
+        gpu = torch.cuda.get_device_name(dev.torch_device) if dev.type == 'cuda' else None
+        smi = subprocess.run(['nvidia-smi'], capture_output=True, text=True, timeout=10).stdout if gpu else None
+    summary = f"{dev.type} ({gpu or cpu}; {model} weights" + (f', {autocast} autocast forward)' if autocast else ')')
+    return {'device': dev.type, 'model_dtype': model, 'autocast_dtype': autocast, 'torch': str(torch.__version__),
+            'cuda': torch.version.cuda, 'gpu': gpu, 'nvidia_smi': smi, 'python': platform.python_version(), 'cpu': cpu,
+            'threads': torch.get_num_threads(), 'summary': summary + (f'; note: {dev.note}' if dev.note else '')}
+
+
+class RunLog:
+    """logs/<script>-<date>-<time>-<id>/log.json and log.pt (with the `code` and `accs`), rewritten after every run.
+    Under torchrun each process also writes runs-rank<r>.json, merging what it sees; rank 0 merges all at the end."""
+
+    def __init__(self, folder, code, record, part):
+        self.dir, self.code, self.record, self.part = folder, code, record, part
+        self.write()
+
+    def write(self, parts=None):
+        """This process's part, then log.json and log.pt from it or from the parts given or found."""
+        world = self.record['world_size']
+        files = [os.path.join(self.dir, f'runs-rank{r}.json') for r in range(world)]
+
+        def dump(path, obj):
+            atomic_write(path, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(obj, indent=1)))
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+            if world > 1:
+                dump(files[self.part['rank']], self.part)
+                parts = parts or [json.loads(pathlib.Path(f).read_text()) for f in files if os.path.isfile(f)]
+                self.record['processes'] = [{k: v for k, v in p.items() if k != 'runs'} for p in parts]
+            statuses = [p['status'] for p in parts or [self.part]] + ['running'] * (world - len(parts or [1]))
+            status = next((s for s in ('diverged', 'failed', 'interrupted', 'running') if s in statuses), 'complete')
+            runs = sorted((r for p in parts or [self.part] for r in p['runs']), key=lambda r: r['run'])
+            accs = [r['tta_val_acc'] for r in runs]
+            mean = sum(accs) / len(accs) if runs else None  # mean, std and n, as the original reports them
+            std = math.sqrt(sum((a - mean)**2 for a in accs) / (len(accs) - 1)) if len(runs) > 1 else None
+            self.record.update(status=status, runs=runs, summary={'n': len(runs), 'mean': mean, 'std': std})
+            dump(os.path.join(self.dir, 'log.json'), self.record)
+            full = {**self.record, 'code': self.code, 'accs': torch.tensor(accs, dtype=torch.float64)}
+            atomic_write(os.path.join(self.dir, 'log.pt'), lambda tmp: torch.save(full, tmp))
+        except OSError as e:
+            raise UserError(f'cannot write the log in {self.dir} ({e.strerror or e}): free some space or pass '
+                            'another --log-dir; its log.json keeps every run it could record') from None
+
+    def finish(self, status, message=None):
+        self.part.update(status=status, finished=time.strftime('%Y-%m-%d %H:%M:%S'), message=message)
+        self.record.update(finished=self.part['finished'], message=message)
+        self.write()
+
+
+def leaves(tree, prefix=''):
+    return {key: where for k, v in tree.items()
+            for key, where in (leaves(v, f'{prefix}{k}.') if isinstance(v, dict) else {prefix + k: (tree, k)}).items()}
+
+
+def apply_overrides(hyp, pairs):
+    """(a copy of hyp with the --set KEY=VALUE pairs applied, {key: value}); values are JSON, else text."""
+    new, overrides = json.loads(json.dumps(hyp)), {}
+    for pair in pairs:
+        key, sep, text = (s.strip() for s in pair.partition('='))
+        if not sep:
+            raise UserError(f'--set {pair!r} is not KEY=VALUE, e.g. --set opt.train_epochs=2')
+        if key not in leaves(new):
+            hint = ''.join(f'did you mean {k}? ' for k in difflib.get_close_matches(key, leaves(new), n=1))
+            raise UserError(f'--set {key}: no such hyperparameter; {hint}valid keys: {", ".join(leaves(new))}')
+        tree, leaf = leaves(new)[key]
+        default = leaves(hyp)[key][0][leaf]  # the script's, whatever --set did before
+        with contextlib.suppress(ValueError):  # true/false in any case, numbers, else text
+            text = json.loads(text.lower() if type(default) is bool else text)
+        value = float(text) if type(default) is float and type(text) is int else text
+        if type(value) is not type(default) or type(value) is float and not math.isfinite(value):
+            raise UserError(f'--set {key}={text!r}: expected {type(default).__name__}, like the default {default!r}')
+        tree[leaf] = overrides[key] = value
+    return new, overrides
+
+
+def parse_command_line(description, hyp, check_hyp, default_runs, argv=None):
+    """The flags of every script: (args, hyp with the --set overrides applied and checked, overrides)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog='Exit status: 0 done, 1 diverged, 2 bad input, 130 interrupted, 143 terminated.')
+
+    def integer(rule, ok):
+        def parse(text):
+            if not text.strip().isdigit() or not ok(int(text)):
+                raise argparse.ArgumentTypeError(f'must be {rule}, got {text!r}')
+            return int(text)
+        return parse
+    p.add_argument('--runs', type=integer('a positive integer', lambda n: n >= 1), default=default_runs,
+                   metavar='N', help=f'timed runs (default {default_runs}); their mean, std and n are reported')
+    p.add_argument('--data-dir', default=os.environ.get('AIRBENCH_DATA', 'cifar10'), metavar='DIR',
+                   help='CIFAR-10 folder (default: $AIRBENCH_DATA, else ./cifar10); README.md, "Data"')
+    p.add_argument('--device', choices=['auto', 'cuda', 'cpu', 'mps'], default='auto', help='auto: cuda, mps, else cpu')
+    p.add_argument('--seed', type=integer('at most 2^53', lambda s: s <= 2**53), metavar='S',
+                   help='run k uses seed S + k and the warmup S (default: random, recorded in the log)')
+    p.add_argument('--log-dir', default='logs', metavar='DIR', help='where the log folder is made (default ./logs)')
+    p.add_argument('--no-warmup', action='store_true', help='skip the untimed warmup run on random labels')
+    p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', dest='overrides',
+                   help='a hyperparameter, e.g. opt.train_epochs=2 (repeatable, type-checked, logged); keys: '
+                        + ', '.join(leaves(hyp)))
+    args = p.parse_args(argv)
+    run_hyp, overrides = apply_overrides(hyp, args.overrides)
+    check_hyp(run_hyp)
+    return args, run_hyp, overrides
+
+
+def benchmark(args, hyp, overrides, train_fn, flops_fn, script_path):
+    """The invocation. Under torchrun run k goes to process (k - 1) mod world size, with seed S + k, as in one."""
+    script, rank, world = os.path.basename(script_path)[:-3], int(os.environ.get('RANK', 0)), \
+        int(os.environ.get('WORLD_SIZE', 1))
+    dev = Device(args.device, index=int(os.environ.get('LOCAL_RANK', 0)))
+    if world > 1:
+        if dev.type == 'cpu':  # the node's cores, divided between its processes
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+            torch.set_num_threads(max(1, cores // int(os.environ.get('LOCAL_WORLD_SIZE', 1))))
+        # a process dealt fewer runs waits for the others at the end: allow a long CPU run
+        dist.init_process_group('gloo', timeout=datetime.timedelta(days=1))
+        if rank:  # rank 0 speaks for all
+            sys.stdout = open(os.devnull, 'w')
+    data, source = load_cifar10(args.data_dir)  # under torchrun each process: the first to extract it wins
+    n_train, n_test = len(data['train']['labels']), len(data['test']['labels'])
+    if hyp['opt']['batch_size'] > n_train:
+        raise UserError(f"opt.batch_size={hyp['opt']['batch_size']} is larger than the training set ({n_train} images)")
+    box = [rank or {
+        'script': script, 'started': time.strftime('%Y-%m-%d %H:%M:%S'), 'argv': sys.argv, 'hyp': hyp,
+        'overrides': overrides, 'seed': args.seed if args.seed is not None else secrets.randbelow(2**31),
+        'warmup': not args.no_warmup, 'world_size': world,
+        'flops_per_run': flops_fn(hyp, n_train, n_test), 'environment': environment(dev),
+        'data': {'dir': os.path.abspath(args.data_dir), 'source': source, 'origin': data['train'].get('origin'),
+                 'train': n_train, 'test': n_test},
+        'folder': os.path.join(args.log_dir, f"{script}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}")}]
+    if world > 1:  # rank 0's record, with its log folder and seed, for every process
+        dist.broadcast_object_list(box, src=0)
+    record, seed = box[0], box[0]['seed']
+    log = RunLog(record.pop('folder'), pathlib.Path(script_path).read_text(), record, {
+        'rank': rank, 'status': 'running', 'runs': [], 'device': str(dev.torch_device), 'host': platform.node(),
+        'pid': os.getpid(), 'threads': torch.get_num_threads()})
+    say(f"{script}: {record['environment']['summary']}, torch {torch.__version__}"
+        + (f'; {world} processes (torchrun), runs dealt round-robin' if world > 1 else ''))
+    say(f"data: {n_train} train / {n_test} test images from {args.data_dir} ({source}; {record['data']['origin']}); "
+        f"{record['flops_per_run'] / 1e15:.3g} PFLOPs per run; seed {seed}; overrides {overrides or 'none'}")
+    say(f'log: {log.dir}')
+    print_row({c: c for c in COLUMNS}, rule_before=True, rule_after=True)
+    runs, interrupted = list(range(1 + rank, args.runs + 1, world)), None
+    try:
+        for run in runs if args.no_warmup else ['warmup'] + runs:
+            run_seed = seed if run == 'warmup' else seed + run
+            torch.manual_seed(run_seed)
+            train_loader, test_loader = make_loaders(hyp, dev, data)  # fresh: epochs and augmentation are per run
+            if run == 'warmup':  # it only warms the device up, so its labels may as well be noise
+                train_loader.labels = torch.randint(0, NUM_CLASSES, train_loader.labels.shape, device=dev.torch_device)
+            _, result = train_fn(hyp, dev, train_loader, test_loader, seed=run_seed, run=run)
+            if run != 'warmup':
+                log.part['runs'].append({**result, 'rank': rank, 'device': str(dev.torch_device)})
+                log.write()
+        log.finish('complete')
+        if world > 1:  # rank 0 merges every process's runs, also those of nodes whose folders it cannot see
+            parts = [None] * world
+            try:
+                dist.gather_object(log.part, parts if rank == 0 else None, dst=0)
+            except RuntimeError:
+                raise KeyboardInterrupt('interrupted: another process stopped before the end', 143) from None
+            if rank == 0:
+                log.write(parts)
+    except KeyboardInterrupt as e:
+        log.finish('interrupted', e.args[0] if e.args else 'interrupted')
+        interrupted = e
+    except Exception as e:  # a bug or the machine (out of memory, ...) also shows its traceback
+        with contextlib.suppress(UserError):  # a log that could not be written may have no room for this
+            log.finish('diverged' if isinstance(e, TrainingDiverged) else 'failed',
+                       str(e) if isinstance(e, (TrainingDiverged, UserError)) else f'{type(e).__name__}: {e}')
+        raise
+    for r in log.record['runs'] if world > 1 else []:
+        say(f"run {r['run']}: TTA accuracy {r['tta_val_acc']:.4f} in {r['time_seconds']:.2f} s (rank {r['rank']})")
+    s, seconds = log.record['summary'], sum(r['time_seconds'] for r in log.record['runs'])
+    if s['n']:
+        say(f"Mean: {s['mean']:.4f}    Std: {'n/a' if s['std'] is None else format(s['std'], '.4f')}    n: {s['n']}"
+            f"    time per run: {seconds / s['n']:.2f} s")
+    ended = f" (interrupted after {s['n']} finished runs)" if interrupted else ''
+    say(f"log{ended}: {os.path.abspath(os.path.join(log.dir, 'log.pt'))}")
+    if interrupted:
+        raise interrupted
+    return log
 
 
 def entry(main):
-    """Runs main() as a command: no tracebacks for the failures a user can cause."""
-    prog = os.path.basename(sys.argv[0])
-    if int(os.environ.get('WORLD_SIZE', 1)) > 1:  # started by torchrun: say which process speaks
-        prog += f" (rank {os.environ.get('RANK')})"
+    """main() as a command: every failure a user can cause or meet is one sentence and an exit status."""
+    prog = os.path.basename(sys.argv[0]) + (f" (rank {os.environ['RANK']})" if 'RANK' in os.environ else '')
+
+    def terminated(signum, frame):  # SIGTERM (torchrun's too, stopping the others) ends the runs as Ctrl-C
+        raise KeyboardInterrupt('terminated (SIGTERM)', 128 + signum)
+    signal.signal(signal.SIGTERM, terminated)
     try:
         main()
     except UserError as e:
         print(f'{prog}: error: {e}', file=sys.stderr)
         sys.exit(2)
     except TrainingDiverged as e:
-        print(f'{prog}: {e}', file=sys.stderr)
+        print(f'{prog}: {e}; stopped. Finished runs are in the log.', file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
-        print(f'{prog}: interrupted; the log keeps every finished run', file=sys.stderr)
-        sys.exit(130)
-#=== end shared: errors
-
-#=== shared: device
-class Device:
-    """The accelerator and its number formats, resolved once from --device. cuda (the record
-    path): fp16 weights and activations, BatchNorm in fp32, channels_last, cudnn.benchmark, CUDA
-    events. cpu: fp32 weights, bf16 autocast around the forward pass only (around backward and
-    the optimizer step too, learning stalled at chance), channels_last; fp32 throughout without
-    fast bf16. mps: fp32 weights, fp16 autocast forward, contiguous layout. Off CUDA the clock is
-    perf_counter, read after the device has finished its queued work."""
-
-    def __init__(self, name='auto', index=0):
-        available = {'cuda': torch.cuda.is_available(), 'mps': torch.backends.mps.is_available(), 'cpu': True}
-        if name == 'auto':
-            name = next(n for n in ('cuda', 'mps', 'cpu') if available[n])
-        if not available[name]:
-            raise UserError(f'--device {name} was asked for, but this machine and torch build have no '
-                            f'{name.upper()}: use --device auto or cpu')
-        self.type, self.torch_device, self.note = name, torch.device(name), ''
-        if name == 'cuda':  # one GPU per process: torchrun's local rank picks it
-            if index >= torch.cuda.device_count():
-                raise UserError(f'process {index} of this node needs GPU {index}, but only '
-                                f'{torch.cuda.device_count()} are visible: start at most that many per node')
-            self.torch_device = torch.device('cuda', index)
-            torch.cuda.set_device(self.torch_device)
-        self.memory_format = torch.contiguous_format if name == 'mps' else torch.channels_last
-        self.model_dtype = self.data_dtype = torch.float16 if name == 'cuda' else torch.float32
-        self.autocast_dtype = {'cuda': None, 'mps': torch.float16}.get(name, torch.bfloat16)
-        if name == 'cuda':
-            torch.backends.cudnn.benchmark = True
-        elif name == 'cpu' and not (torch.backends.mkldnn.is_available()
-                                    and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
-            self.autocast_dtype, self.note = None, 'this CPU has no fast bf16, so it trains in fp32 (slower)'
-
-    def prepare(self, net):
-        """Moves a freshly built net to the device in its training formats (BatchNorm in fp32)."""
-        net = net.to(self.torch_device).to(self.model_dtype).to(memory_format=self.memory_format)
-        for module in net.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.float()
-        return net
-
-    def autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.type, dtype=self.autocast_dtype)
-
-    def start_clock(self):
-        if self.type != 'cuda':
-            return self.read_clock(0.0)
-        start = torch.cuda.Event(enable_timing=True)
-        start.record()
-        return start
-
-    def read_clock(self, start):
-        """Seconds since start_clock(), after all queued work has finished."""
-        if self.type == 'cuda':
-            end = torch.cuda.Event(enable_timing=True)
-            end.record()
-            torch.cuda.synchronize()
-            return 1e-3 * start.elapsed_time(end)
-        if self.type == 'mps':
-            torch.mps.synchronize()
-        return time.perf_counter() - start
-
-    def describe(self):
-        """The environment, for the log; 'summary' is its one-line form."""
-        model, autocast = (str(t).replace('torch.', '') if t else None for t in (self.model_dtype, self.autocast_dtype))
-        info = {'device': self.type, 'model_dtype': model, 'autocast_dtype': autocast, 'torch': str(torch.__version__),
-                'cuda': torch.version.cuda, 'gpu': None, 'nvidia_smi': None, 'python': platform.python_version(),
-                'cpu': platform.processor() or platform.machine(), 'threads': torch.get_num_threads()}
-        if self.type == 'cuda':
-            info['gpu'] = torch.cuda.get_device_name(self.torch_device)
-            with contextlib.suppress(OSError, subprocess.SubprocessError):
-                info['nvidia_smi'] = subprocess.run(['nvidia-smi'], capture_output=True, text=True, timeout=10).stdout
-        info['summary'] = f"{self.type} ({info['gpu'] or info['cpu']}; {model} weights" \
-            + (f', {autocast} autocast forward)' if autocast else ')')
-        if self.note:
-            info['summary'] += f'; note: {self.note}'
-        return info
-
-
-class Timer:
-    """Sums the seconds spent inside `with timer:` blocks; everything else is untimed."""
-
-    def __init__(self, dev):
-        self.dev, self.seconds = dev, 0.0
-
-    def __enter__(self):
-        self.start = self.dev.start_clock()
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds += self.dev.read_clock(self.start)
-#=== end shared: device
-
-#=== shared: data-files
-NUM_CLASSES = 10
-CIFAR_FILES = ['data_batch_%d' % i for i in range(1, 6)] + ['test_batch']
-
-
-def atomic_write(path, write):
-    """write(tmp_path) then rename over path, so readers never see a half-written file."""
-    tmp = f'{path}.tmp-{os.getpid()}'
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-
-
-def check_split(split, where):
-    """The split, if it holds uint8 NHWC 32x32x3 images and int64 labels in range; else UserError."""
-    images, labels, rebuild = split.get('images'), split.get('labels'), 'rebuild it from the official CIFAR-10 files'
-    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
-        raise UserError(f'{where} does not hold image and label tensors: delete it and it will be rebuilt')
-    if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != (32, 32, 3) or len(images) == 0:
-        raise UserError(f'{where} holds images of shape {tuple(images.shape)} and dtype {images.dtype}, '
-                        f'expected (N, 32, 32, 3) uint8: {rebuild}')
-    if labels.dtype != torch.int64 or tuple(labels.shape) != (len(images),):
-        raise UserError(f'{where} holds labels of shape {tuple(labels.shape)} and dtype {labels.dtype}, '
-                        f'expected ({len(images)},) int64: {rebuild}')
-    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
-        raise UserError(f'{where} has labels outside 0..{NUM_CLASSES - 1} (found {labels.min()}..{labels.max()}): '
-                        'it is not CIFAR-10')
-    return split
-
-
-def read_cache(path):
-    try:
-        split = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise UserError(f'{path} is not a readable CIFAR-10 cache ({type(e).__name__}; truncated or corrupt?): '
-                        'delete it and it will be rebuilt from the official files') from None
-    return check_split(split if isinstance(split, dict) else {}, path)
-
-
-def read_official(folder):
-    """Parses the official python layout (pickled dicts of numpy arrays) without torchvision."""
-    batches = {}
-    for name in CIFAR_FILES + ['batches.meta']:
-        path = os.path.join(folder, name)
-        if not os.path.isfile(path):
-            raise UserError(f'{path} is missing: {folder} is not a complete CIFAR-10 python folder; '
-                            'delete it and extract cifar-10-python.tar.gz again')
-        try:
-            with open(path, 'rb') as f:
-                batches[name] = pickle.load(f, encoding='bytes')
-        except ModuleNotFoundError:
-            raise UserError(f'reading {path} needs numpy, which is not installed: pip install numpy') from None
-        except Exception as e:
-            raise UserError(f'{path} cannot be read ({type(e).__name__}; truncated or corrupt?): '
-                            f'delete {folder} and extract cifar-10-python.tar.gz again') from None
-    splits, meta = {}, batches['batches.meta']
-    classes = [c.decode() for c in meta.get(b'label_names', [])] if isinstance(meta, dict) else []
-    if len(classes) != NUM_CLASSES:
-        raise UserError(f'{os.path.join(folder, "batches.meta")} does not list {NUM_CLASSES} class names')
-    for split, names in (('train', CIFAR_FILES[:5]), ('test', CIFAR_FILES[5:])):
-        images, labels = [], []
-        for name in names:
-            batch, path = batches[name], os.path.join(folder, name)
-            data = batch.get(b'data') if isinstance(batch, dict) else None
-            if getattr(data, 'dtype', None) != 'uint8' or getattr(data, 'ndim', 0) != 2 or data.shape[1] != 3072:
-                raise UserError(f'{path} does not hold CIFAR-10 images (expected a uint8 array of shape (N, 3072), '
-                                f'found {type(data).__name__} {getattr(data, "dtype", "")} {getattr(data, "shape", "")})')
-            images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()))
-            try:
-                labels.append(torch.tensor(batch[b'labels'], dtype=torch.int64))
-            except Exception:
-                raise UserError(f'{path} has no usable list of integer labels: it is not a CIFAR-10 batch') from None
-            if len(labels[-1]) != len(images[-1]):
-                raise UserError(f'{path} has {len(images[-1])} images but {len(labels[-1])} labels')
-        splits[split] = check_split({'images': torch.cat(images), 'labels': torch.cat(labels), 'classes': classes},
-                                    os.path.join(folder, names[0]))
-    return splits
-
-
-def extract_archive(archive, data_dir):
-    """Extracts cifar-10-batches-py/ from the official archive, atomically (temp folder + rename)."""
-    tmp = tempfile.mkdtemp(prefix='.extract-', dir=data_dir)
-    try:
-        with tarfile.open(archive, 'r:gz') as tar:
-            members = [m for m in tar.getmembers() if m.name.startswith('cifar-10-batches-py/') and m.isfile()
-                       and '..' not in m.name.split('/')]
-            safe = {'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}  # Python >= 3.11.4
-            tar.extractall(tmp, members=members, **safe)
-        if not os.path.isdir(os.path.join(tmp, 'cifar-10-batches-py')):
-            raise UserError(f'{archive} holds no cifar-10-batches-py/ folder: it is not the CIFAR-10 python archive')
-        os.replace(os.path.join(tmp, 'cifar-10-batches-py'), os.path.join(data_dir, 'cifar-10-batches-py'))
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise UserError(f'{archive} cannot be extracted ({type(e).__name__}; truncated or corrupt?): '
-                        'delete it and download it again') from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def download(data_dir):
-    """Downloads the official archive through torchvision (imported only here), atomically."""
-    try:
-        import torchvision
-    except ImportError:
-        raise UserError(f'no CIFAR-10 in {data_dir} (looked for train.pt/test.pt, cifar-10-batches-py/ and '
-                        'cifar-10-python.tar.gz) and torchvision, used only to download it, is not installed: '
-                        'pip install torchvision, or point --data-dir (or AIRBENCH_DATA) at a folder with CIFAR-10') from None
-    try:
-        os.makedirs(data_dir, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix='.download-', dir=data_dir)
-    except OSError as e:
-        raise UserError(f'--data-dir {data_dir} cannot be created or written ({e.strerror}): '
-                        'point it at a writable folder') from None
-    try:
-        print(f'downloading CIFAR-10 into {data_dir} ...')
-        torchvision.datasets.CIFAR10(tmp, train=True, download=True)
-        for name in ('cifar-10-python.tar.gz', 'cifar-10-batches-py'):
-            os.replace(os.path.join(tmp, name), os.path.join(data_dir, name))
-    except Exception as e:
-        raise UserError(f'no CIFAR-10 in {data_dir} and downloading it failed ({type(e).__name__}: {e}): '
-                        'check the network, or put cifar-10-python.tar.gz there yourself') from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_cache(splits, paths):
-    """Writes train.pt and test.pt, each atomically, and both or neither: whatever stops the
-    writing (a full disk, Ctrl-C) removes the file already written, so no half cache is left."""
-    written = []
-    try:
-        for split, path in paths.items():
-            atomic_write(path, lambda tmp: torch.save(splits[split], tmp))
-            written.append(path)
-    except BaseException:
-        for path in written:
-            with contextlib.suppress(OSError):
-                os.remove(path)
-        raise
-
-
-def load_cifar10(data_dir):
-    """Returns ({'train': split, 'test': split}, source): a split is a dict of uint8 NHWC `images`,
-    int64 `labels` and `classes`. Looks for, in order: the cache train.pt/test.pt, the official
-    cifar-10-batches-py/ folder, the official cifar-10-python.tar.gz, and finally downloads."""
-    caches = {s: os.path.join(data_dir, f'{s}.pt') for s in ('train', 'test')}
-    if all(os.path.isfile(p) for p in caches.values()):
-        return {s: read_cache(p) for s, p in caches.items()}, 'cache'
-    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
-        raise UserError(f'--data-dir {data_dir} is a file, not a folder: point it at the folder holding CIFAR-10')
-    folder, archive = os.path.join(data_dir, 'cifar-10-batches-py'), os.path.join(data_dir, 'cifar-10-python.tar.gz')
-    source = 'official pickles'
-    if not os.path.isdir(folder):
-        if os.path.isfile(archive):
-            extract_archive(archive, data_dir)
-            source = 'official archive'
-        else:
-            download(data_dir)
-            source = 'download'
-    splits = read_official(folder)
-    try:
-        write_cache(splits, caches)
-    except OSError as e:
-        print(f'note: could not write the cache in {data_dir} ({e.strerror}); reading the pickles again next time')
-    return splits, source
-#=== end shared: data-files
-
-#=== shared: logging
-COLUMNS = ('run', 'epoch', 'train_loss', 'train_acc', 'val_acc', 'tta_val_acc', 'time_seconds')
-
-
-def print_row(cells, rule_before=False, rule_after=False):
-    """One fixed-width row of the per-epoch table; cells maps column names to values."""
-    assert set(cells) <= set(COLUMNS), set(cells) - set(COLUMNS)
-    def fmt(value):
-        return '' if value is None else f'{value:.4f}' if isinstance(value, float) else str(value)
-    line = '| ' + ' | '.join(fmt(cells.get(c)).rjust(max(len(c), 6)) for c in COLUMNS) + ' |'
-    rows, rule = [line], '-' * len(line)
-    if rule_before:
-        rows.insert(0, rule)
-    if rule_after:
-        rows.append(rule)
-    print('\n'.join(rows), flush=True)
-
-
-def t_cdf(t, df):
-    """P(T <= t) for Student's t with integer df >= 1 (Abramowitz & Stegun 26.7.3 and 26.7.4)."""
-    theta = math.atan(t / math.sqrt(df))
-    c2, series, term = math.cos(theta)**2, 1.0, 1.0
-    if df % 2:  # odd df: 2/pi (theta + sin cos (1 + 2/3 c2 + ...))
-        for k in range(1, (df - 1) // 2):
-            term *= c2 * 2 * k / (2 * k + 1)
-            series += term
-        inside = 2 / math.pi * (theta + (math.sin(theta) * math.cos(theta) * series if df > 1 else 0))
-    else:  # even df: sin (1 + 1/2 c2 + ...)
-        for k in range(1, df // 2):
-            term *= c2 * (2 * k - 1) / (2 * k)
-            series += term
-        inside = math.sin(theta) * series
-    return 0.5 + 0.5 * inside  # inside = P(|T| < |t|), signed like t
-
-
-def t_quantile(p, df):
-    """The p-quantile of Student's t with integer df, by bisection on t_cdf."""
-    lo, hi = -1e3, 1e3
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
-    return (lo + hi) / 2
-
-
-def summarize(accs, target=None):
-    """Mean, sample std, n and the 95% confidence interval of the mean; with a target, the
-    one-sided t-test of 'the mean is above the target' (the paper's evidence for >= 94%): its
-    p-value, and the runs that a mean and std like these need for p < 0.05."""
-    n = len(accs)
-    mean = sum(accs) / n if n else None
-    s = {'n': n, 'mean': mean, 'std': None, 'ci95': None}
-    if target is not None:
-        s.update(target=target, t=None, p_value=None, runs_needed=None)
-    if n < 2:
-        return s
-    std = math.sqrt(sum((a - mean)**2 for a in accs) / (n - 1))
-    half = t_quantile(0.975, n - 1) * std / math.sqrt(n)
-    s.update(std=std, ci95=[mean - half, mean + half])
-    if target is not None and std > 0:
-        s['t'] = (mean - target) / (std / math.sqrt(n))
-        s['p_value'] = 1 - t_cdf(s['t'], n - 1)
-        if mean > target:  # smallest m with t_0.95(m - 1) * std / sqrt(m) < mean - target
-            m = max(2, math.ceil((1.6448536 * std / (mean - target))**2))  # the normal approximation
-            while m < 10000 and t_quantile(0.95, m - 1) * std / math.sqrt(m) >= mean - target:
-                m += 1  # beyond 10,000 runs (slow to search) the approximation is a few runs short at most
-            s['runs_needed'] = m
-    return s
-
-
-def summary_line(runs, target=None):
-    s = summarize([r['tta_val_acc'] for r in runs], target)
-    if s['n'] == 0:
-        return 'no run finished'
-    line = f"Mean: {s['mean']:.4f}    Std: {'n/a' if s['std'] is None else format(s['std'], '.4f')}    n: {s['n']}"
-    if s['ci95']:
-        line += f"    95% CI of the mean: [{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}]"
-    line += f"    time per run: {sum(r['time_seconds'] for r in runs) / len(runs):.2f} s"
-    if target is None:
-        return line
-    if s['p_value'] is None:
-        return line + f'\nTarget {target:.4f}: a test needs at least 2 runs that differ'
-    verdict = 'evidence at the 5% level' if s['p_value'] < 0.05 else 'not enough evidence at the 5% level'
-    need = (f"about {s['runs_needed']} runs like these would give p < 0.05" if s['runs_needed']
-            else 'no number of runs like these would: the mean is not above it')
-    return line + (f"\nTarget {target:.4f}: one-sided t-test of mean > target: t = {s['t']:.3f}, "
-                   f"p = {s['p_value']:.4g} with n = {s['n']}: {verdict}; {need}")
-
-
-def count_flops(fn):
-    """FLOPs of fn() as counted by torch.utils.flop_counter (matmuls and convolutions)."""
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
-
-
-def write_json(path, obj):
-    def write(tmp):
-        with open(tmp, 'w') as f:
-            json.dump(obj, f, indent=1)
-    atomic_write(path, write)
-
-
-@contextlib.contextmanager
-def file_lock(path):
-    """An exclusive lock on path between processes: fcntl's flock, else none (no fcntl on Windows,
-    and some network filesystems refuse flock; the merge is then only as safe as its atomic writes)."""
-    try:
-        import fcntl
-    except ImportError:
-        fcntl = None
-    with open(path, 'a') as f:
-        try:
-            if fcntl:
-                fcntl.flock(f, fcntl.LOCK_EX)
-        except OSError:
-            fcntl = None
-        try:
-            yield
-        finally:
-            if fcntl:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-
-class RunLog:
-    """One folder per invocation, logs/<script>-<YYYYmmdd-HHMMSS>-<uuid8>/, with log.json (results,
-    config, environment) and log.pt (the same plus the script's source `code` and the TTA accuracies
-    `accs`), both rewritten atomically after every run. Under torchrun every process also keeps its
-    own runs in runs-rank<r>.json there, and whichever process finishes a run rewrites log.json and
-    log.pt from all of them under a file lock: a run finished anywhere is in the log at once."""
-
-    def __init__(self, folder, code, record, rank=0, world=1):
-        self.dir, self.code, self.record, self.rank, self.world = folder, code, record, rank, world
-        self.part = {'rank': rank, 'status': 'running', 'runs': []}
-        try:
-            os.makedirs(self.dir, exist_ok=world > 1)
-            self.write()
-        except OSError as e:
-            raise UserError(f'cannot write logs under --log-dir {os.path.dirname(folder)} ({e.strerror or e}): '
-                            'pass a writable folder') from None
-
-    def part_path(self, rank):
-        return os.path.join(self.dir, f'runs-rank{rank}.json')
-
-    def write(self):
-        parts = [self.part]
-        with file_lock(os.path.join(self.dir, '.lock')) if self.world > 1 else contextlib.nullcontext():
-            if self.world > 1:
-                write_json(self.part_path(self.rank), self.part)
-                parts = []
-                for rank in range(self.world):
-                    with contextlib.suppress(OSError, ValueError):
-                        with open(self.part_path(rank)) as f:
-                            parts.append(json.load(f))
-                self.record['processes'] = [{k: v for k, v in p.items() if k != 'runs'} for p in parts]
-            statuses = [p['status'] for p in parts]
-            status = next((s for s in ('diverged', 'failed', 'interrupted') if s in statuses), None) or \
-                ('complete' if statuses == ['complete'] * self.world else 'running')
-            runs = sorted((r for p in parts for r in p['runs']), key=lambda r: r['run'])
-            accs = [r['tta_val_acc'] for r in runs]
-            self.record.update(status=status, runs=runs, summary=summarize(accs, self.record.get('target')))
-            write_json(os.path.join(self.dir, 'log.json'), self.record)
-            full = {**self.record, 'code': self.code, 'accs': torch.tensor(accs, dtype=torch.float64)}
-            atomic_write(os.path.join(self.dir, 'log.pt'), lambda tmp: torch.save(full, tmp))
-
-    def add_run(self, result):
-        self.part['runs'].append(result)
-        self.write()
-
-    def adopt(self, part):
-        """Takes in another process's final runs, gathered at the end: on another node it may have
-        written them into a folder this one cannot see."""
-        if part['rank'] != self.rank:
-            write_json(self.part_path(part['rank']), part)
-
-    def finish(self, status, message=None):
-        self.part.update(status=status, finished=time.strftime('%Y-%m-%d %H:%M:%S'))
-        self.record['finished'] = self.part['finished']
-        if message:
-            self.record['message'] = self.part['message'] = message
-        self.write()
-#=== end shared: logging
-
-#=== shared: cli
-def build_parser(description, default_runs, hyp):
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog='Exit status: 0 done, 1 training diverged, 2 bad input, 130 interrupted.')
-
-    def positive_int(text):
-        if not text.strip().isdigit() or int(text) < 1:
-            raise argparse.ArgumentTypeError(f'must be a positive integer, got {text!r}')
-        return int(text)
-    p.add_argument('--runs', type=positive_int, default=default_runs, metavar='N',
-                   help=f'number of timed training runs (default {default_runs}); mean, std and a 95%% '
-                        'confidence interval of the TTA accuracy are reported over them')
-    p.add_argument('--data-dir', default=os.environ.get('AIRBENCH_DATA', 'cifar10'), metavar='DIR',
-                   help='CIFAR-10 folder (default: $AIRBENCH_DATA, else ./cifar10). Read in this order: the cache '
-                        'train.pt/test.pt, the official cifar-10-batches-py/, the official cifar-10-python.tar.gz, '
-                        'else a download through torchvision; the cache is written after the first read')
-    p.add_argument('--device', choices=['auto', 'cuda', 'cpu', 'mps'], default='auto',
-                   help='where to train (default auto: cuda, else mps, else cpu)')
-    p.add_argument('--seed', type=int, default=None, metavar='S',
-                   help='base random seed: the warmup uses S and run k uses S + k, so the same seed on the same '
-                        'device repeats the runs (default: a random seed, recorded in the log)')
-    p.add_argument('--log-dir', default='logs', metavar='DIR',
-                   help='where to create this invocation\'s log folder (default ./logs)')
-    p.add_argument('--no-warmup', action='store_true',
-                   help='skip the untimed warmup run on random labels that precedes the timed runs')
-
-    def accuracy(text):
-        try:
-            value = float(text)
-        except ValueError:
-            value = -1.0
-        if not 0 < value < 100:
-            raise argparse.ArgumentTypeError(f'must be an accuracy like 0.94 or 94, got {text!r}')
-        return value / 100 if value > 1 else value
-    p.add_argument('--target', type=accuracy, default=None, metavar='ACC',
-                   help='also test whether the mean TTA accuracy is above ACC (0.94 or 94): the summary and the '
-                        'log get the one-sided t-test\'s p-value and the runs such a test needs')
-    p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', dest='overrides',
-                   help='override a hyperparameter, e.g. --set opt.train_epochs=2 --set net.tta_level=1 '
-                        '(repeatable; type-checked against the default; recorded in the log). Keys: ' + ', '
-                        .join(flat_keys(hyp)))
-    return p
-
-
-def flat_keys(tree, prefix=''):
-    return [key for k, v in tree.items()
-            for key in (flat_keys(v, f'{prefix}{k}.') if isinstance(v, dict) else [f'{prefix}{k}'])]
-
-
-def parse_value(key, text, default):
-    """text converted to the type of default, or UserError."""
-    kind = type(default)
-    words = {'true': True, '1': True, 'yes': True, 'false': False, '0': False, 'no': False}
-    try:
-        value = words[text.lower()] if kind is bool else kind(text)
-        if kind is float and not math.isfinite(value):
-            raise ValueError
-        return value
-    except (KeyError, ValueError):
-        raise UserError(f'--set {key}={text!r}: expected {"true/false" if kind is bool else kind.__name__}, '
-                        f'like the default {default!r}') from None
-
-
-def apply_overrides(hyp, pairs):
-    """--set KEY=VALUE pairs applied to a copy of hyp: returns (hyp, {key: value})."""
-    new, overrides = copy.deepcopy(hyp), {}
-    for pair in pairs:
-        key, sep, text = pair.partition('=')
-        key = key.strip()
-        if not sep:
-            raise UserError(f'--set {pair!r} is not KEY=VALUE, e.g. --set opt.train_epochs=2')
-        if key not in flat_keys(hyp):
-            close = difflib.get_close_matches(key, flat_keys(hyp), n=1)
-            hint = f'did you mean {close[0]}? ' if close else ''
-            raise UserError(f'--set {key}: no such hyperparameter; {hint}valid keys: {", ".join(flat_keys(hyp))}')
-        *path, leaf = key.split('.')
-        default, target = hyp, new
-        for part in path:
-            default, target = default[part], target[part]
-        target[leaf] = overrides[key] = parse_value(key, text.strip(), default[leaf])
-    return new, overrides
-#=== end shared: cli
-
-#=== shared: driver
-class Processes:
-    """The processes of this invocation: those torchrun started (RANK, WORLD_SIZE, LOCAL_RANK and
-    LOCAL_WORLD_SIZE in the environment), or this one alone. Their collectives run on gloo for CPU
-    and MPS and on NCCL for CUDA; each CPU process gets its share of the cores."""
-
-    def __init__(self):
-        env = os.environ
-        self.rank, self.world = int(env.get('RANK', 0)), int(env.get('WORLD_SIZE', 1))
-        self.local_rank, self.local_world = int(env.get('LOCAL_RANK', 0)), int(env.get('LOCAL_WORLD_SIZE', 1))
-
-    def start(self, dev):
-        if self.world == 1:
-            return
-        if dev.type == 'cpu':
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-            torch.set_num_threads(max(1, cores // self.local_world))
-        # a process that is dealt fewer runs waits at the end for the others: allow a long CPU run
-        dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo', timeout=datetime.timedelta(hours=24))
-        signal.signal(signal.SIGTERM, raise_interrupt)  # torchrun stops the others this way when one fails
-
-    def share(self, make):
-        """make() on rank 0, its value (or its UserError) handed to every process."""
-        if self.world == 1:
-            return make()
-        box = [None]
-        if self.rank == 0:
-            try:
-                box[0] = (True, make())
-            except UserError as e:
-                box[0] = (False, str(e))
-        dist.broadcast_object_list(box, src=0)
-        ok, value = box[0]
-        if not ok:
-            raise UserError(value)
-        return value
-
-    def in_turn(self, load):
-        """load() in every process, rank 0 first, then the first process of each other node, then
-        the rest: one process per data folder extracts or downloads CIFAR-10 and writes the cache,
-        the others read the cache. A UserError in any process stops them all with its message."""
-        if self.world == 1:
-            return load()
-        value, turn = None, 0 if self.rank == 0 else 1 if self.local_rank == 0 else 2
-        for t in range(3):
-            error = message = None
-            if t == turn:
-                try:
-                    value = load()
-                except Exception as e:  # told to the others before it is raised, or they would wait for this one
-                    error, message = e, str(e) if isinstance(e, UserError) else \
-                        f'process {self.rank} failed to read the data ({type(e).__name__}: {e})'
-            messages = [None] * self.world
-            dist.all_gather_object(messages, message)
-            if error is not None and not isinstance(error, UserError):
-                raise error
-            if any(messages):
-                raise UserError(next(m for m in messages if m))
-        return value
-
-    def gather(self, obj):
-        """[obj of every process] on rank 0, None elsewhere."""
-        if self.world == 1:
-            return [obj]
-        out = [None] * self.world if self.rank == 0 else None
-        dist.gather_object(obj, out, dst=0)
-        return out
-
-
-def raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def benchmark(args, hyp, overrides, train_fn, flops_fn, script_path):
-    """The invocation: device, data, log, warmup, the timed runs, summary. train_fn(hyp, dev, data,
-    run, seed) returns a run record; flops_fn(hyp, n_train, n_test) the FLOPs of one run. Under
-    torchrun the runs are dealt out: run k goes to process (k - 1) mod world size and keeps seed
-    S + k, so the results are those of one process; rank 0 prints, every process logs its runs."""
-    script = os.path.splitext(os.path.basename(script_path))[0]
-    with open(script_path) as f:
-        code = f.read()
-    group = Processes()
-    dev = Device(args.device, index=group.local_rank)
-    group.start(dev)
-    try:
-        with open(os.devnull, 'w') as null, contextlib.redirect_stdout(null if group.rank else sys.stdout):
-            return run_all(args, hyp, overrides, train_fn, flops_fn, script, code, group, dev)
-    finally:
-        if group.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def run_all(args, hyp, overrides, train_fn, flops_fn, script, code, group, dev):
-    data, source = group.in_turn(lambda: load_cifar10(args.data_dir))
-    n_train, n_test = len(data['train']['labels']), len(data['test']['labels'])
-    if hyp['opt']['batch_size'] > n_train:
-        raise UserError(f"opt.batch_size={hyp['opt']['batch_size']} is larger than the training set "
-                        f'({n_train} images in {args.data_dir}): lower it with --set opt.batch_size=N')
-    flops = flops_fn(hyp, n_train, n_test)
-    record = group.share(lambda: {
-        'script': script, 'started': time.strftime('%Y-%m-%d %H:%M:%S'), 'argv': sys.argv, 'hyp': hyp,
-        'overrides': overrides, 'seed': args.seed if args.seed is not None else secrets.randbelow(2**31),
-        'warmup': not args.no_warmup, 'target': args.target, 'world_size': group.world,
-        'flops_per_run': flops, 'environment': dev.describe(),
-        'data': {'dir': os.path.abspath(args.data_dir), 'source': source, 'train': n_train, 'test': n_test},
-        'folder': os.path.join(args.log_dir, f"{script}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}")})
-    seed = record['seed']
-    log = RunLog(record.pop('folder'), code, record, group.rank, group.world)
-    log.part.update(device=str(dev.torch_device), host=platform.node(), pid=os.getpid(),
-                    threads=torch.get_num_threads())
-    print(f"{script}: {record['environment']['summary']}, torch {torch.__version__}"
-          + (f'; {group.world} processes (torchrun), runs dealt round-robin' if group.world > 1 else ''))
-    print(f'data: {n_train} train / {n_test} test images from {args.data_dir} ({source}); '
-          f'{flops / 1e15:.3g} PFLOPs per run; seed {seed}; overrides {overrides or "none"}')
-    print(f'log: {log.dir}')
-    print_row({c: c for c in COLUMNS}, rule_before=True, rule_after=True)
-    try:
-        if not args.no_warmup:
-            train_fn(hyp, dev, data, run='warmup', seed=seed)
-        for run in range(1 + group.rank, args.runs + 1, group.world):
-            log.add_run({**train_fn(hyp, dev, data, run=run, seed=seed + run),
-                         'rank': group.rank, 'device': str(dev.torch_device)})
-    except KeyboardInterrupt:
-        log.finish('interrupted')
-        print(summary_line(log.record['runs'], args.target))
-        print(f'log (interrupted after {len(log.record["runs"])} finished runs): {os.path.abspath(log.dir)}')
-        raise
-    except TrainingDiverged as e:
-        log.finish('diverged', str(e))
-        raise
-    except Exception as e:  # a bug or the machine (out of memory, ...): the log says so, the traceback shows it
-        log.finish('failed', f'{type(e).__name__}: {e}')
-        raise
-    log.finish('complete')
-    parts = group.gather(log.part)
-    if group.rank == 0 and group.world > 1:
-        for part in parts:
-            log.adopt(part)
-        log.write()
-        for r in log.record['runs']:
-            print(f"run {r['run']}: TTA accuracy {r['tta_val_acc']:.4f} in {r['time_seconds']:.2f} s "
-                  f"(rank {r['rank']}, {r['device']})")
-    print(summary_line(log.record['runs'], args.target))
-    print(f'log: {os.path.abspath(os.path.join(log.dir, "log.pt"))}')
-    return log
-#=== end shared: driver
+    except KeyboardInterrupt as e:
+        print(f"{prog}: {e.args[0] if e.args else 'interrupted'}; the log keeps every finished run", file=sys.stderr)
+        sys.exit(e.args[1] if len(e.args) > 1 else 130)
+#=== end shared: harness
 
 
 def main(argv=None):
-    args = build_parser(__doc__, default_runs=25, hyp=hyp).parse_args(argv)
-    run_hyp, overrides = apply_overrides(hyp, args.overrides)
-    check_hyp(run_hyp)
+    args, run_hyp, overrides = parse_command_line(__doc__, hyp, check_hyp, 25, argv)
     return benchmark(args, run_hyp, overrides, train, flops_per_run, __file__)
 
 

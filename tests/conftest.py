@@ -39,6 +39,11 @@ def load_script(name):
     return sys.modules[module_name]
 
 
+def train_on(m, hyp, dev, data, seed=0, run=1, **kwargs):
+    """Script module m's train() on fresh loaders of data, as its harness calls it; returns the record."""
+    return m.train(hyp, dev, *m.make_loaders(hyp, dev, data), seed=seed, run=run, verbose=False, **kwargs)[1]
+
+
 def run_script(name, *args, timeout=300, env=None, cwd=None):
     """Runs REPO/name.py (name as for load_script) as a user would; returns the CompletedProcess (text)."""
     full_env = {k: v for k, v in os.environ.items() if k != 'AIRBENCH_DATA'}

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import REPO, TINY, load_script, log_dir_of, no_traceback, read_log, run_script
+from conftest import REPO, TINY, load_script, log_dir_of, no_traceback, read_log, run_script, train_on
 
 RUNGS = ['main0_network', 'main1_whiten', 'main2_dirac', 'main3_scalebias', 'main4_freeze', 'main5_lookahead',
          'main6_tta', 'main7_mirror', 'main8_compile']
@@ -66,8 +66,9 @@ FEATURES = {
     'main7_mirror': Feature(keys={'aug.flip'}),
     'main8_compile': Feature(
         keys=set(), units={'compile_net', 'reinit_net', 'graphs_compiled'}, blocks={'reinit'},
-        lines={'train': r'compiled|reinit_net|def train\(|One training run|model = dev\.prepare\(make_net\(hyp\)\)'
-                        r"|outputs = model\(inputs\)|evaluate\(model, test_loader|'steps': step, 'epochs': history}$",
+        lines={'train': r'compile|reinit_net|def train\(|\bnet\b|model = dev\.prepare\(make_net\(hyp\) if model is None'
+                        r"|outputs = model\(inputs\)|evaluate\(model, test_loader|'steps': step, 'epochs': history"
+                        r'|The record holds|seconds, the steps|without a test loader|the per-epoch table; callback',
                'main': r'compiled|net = \[\]|net\.extend|if not net:|return train\(|return benchmark\(args, run_hyp'}),
 }
 PAIRS = list(zip(RUNGS, RUNGS[1:]))
@@ -242,7 +243,7 @@ def features_in_training(m, data, monkeypatch, ab94):
                 seen['syncs'] += 1
                 return super().update(net, decay)
         monkeypatch.setattr(m, 'LookaheadState', RecordingLookahead)
-    m.train(hyp, m.Device('cpu'), data, run=1, seed=0)
+    train_on(m, hyp, m.Device('cpu'), data, seed=0)
 
     net = seen['net']
     images = ab94.CifarLoader(data['train'], ab94.Device('cpu'), 100, train=False)
@@ -333,16 +334,17 @@ def test_each_rung_trains_with_the_original_ladders_lr_schedule_and_batchnorm_mo
     monkeypatch.setattr(m.torch.optim.lr_scheduler, 'LambdaLR', recording_lambda_lr)
     extra = {}
     if rung == 'main8_compile':  # its train() takes the invocation's net; an eager one will do here
-        extra['model'] = extra['compiled'] = m.Device('cpu').prepare(m.make_net(hyp))
+        model = m.Device('cpu').prepare(m.make_net(hyp))
+        extra['net'] = (model, model)
     with pytest.raises(ScheduleSeen):
-        m.train(hyp, m.Device('cpu'), data, run=1, seed=0, **extra)
+        train_on(m, hyp, m.Device('cpu'), data, seed=0, **extra)
     total = ceil(hyp['opt']['train_epochs'] * 100)
     peak = int(peak_at * total)
     kilostep = 1024 * (1 + 1 / (1 - 0.85))  # the decoupled lr: per 1024 examples, momentum 0.85
     for step in range(total + 1):
         f = 0.2 + 0.8 * step / peak if step < peak else 1 + (end - 1) * (step - peak) / (total - peak)
         assert seen['base'] * seen['multiplier'](step) == pytest.approx(lr / kilostep * f, rel=1e-9, abs=1e-15), step
-    norms = [b for b in (extra.get('model') or seen['net']).modules() if isinstance(b, nn.BatchNorm2d)]
+    norms = [b for b in (extra['net'][0] if extra else seen['net']).modules() if isinstance(b, nn.BatchNorm2d)]
     assert norms and all(b.momentum == pytest.approx(momentum) for b in norms)
 
 
@@ -580,7 +582,7 @@ def test_train_resnet18_sums_its_loss_and_augments_in_the_originals_order(data, 
             seen_labels.append(labels.clone())
             yield inputs, labels
     monkeypatch.setattr(m.CifarLoader, '__iter__', recording_iter)
-    m.train(hyp, m.Device('cpu'), indexed, run=1, seed=0)
+    train_on(m, hyp, m.Device('cpu'), indexed, seed=0)
     assert reductions == ['sum'] * 10
     a = hyp['aug']
     images = data['train']['images'].permute(0, 3, 1, 2).float() / 255

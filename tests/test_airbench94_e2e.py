@@ -43,12 +43,12 @@ def test_mean_line_matches_the_log(invocation):
     log = read_log(log_dir_of(proc.stdout))
     mean_lines = [line for line in proc.stdout.splitlines() if line.startswith('Mean:')]
     assert len(mean_lines) == 1
-    m = re.match(r'Mean: ([\d.]+)\s+Std: ([\d.]+)\s+n: 2\s+95% CI of the mean: \[([-\d.]+), ([\d.]+)\]',
-                 mean_lines[0])
+    m = re.match(r'Mean: ([\d.]+)\s+Std: ([\d.]+)\s+n: 2\s+time per run: ([\d.]+) s$', mean_lines[0])
     assert m, mean_lines[0]
     accs = [r['tta_val_acc'] for r in log['runs']]
     assert float(m.group(1)) == pytest.approx(sum(accs) / 2, abs=1e-4)
-    assert float(m.group(3)) <= float(m.group(1)) <= float(m.group(4))
+    assert float(m.group(2)) == pytest.approx(abs(accs[0] - accs[1]) / 2**0.5, abs=1e-4)  # the sample std
+    assert log['summary'] == {'n': 2, 'mean': pytest.approx(sum(accs) / 2), 'std': pytest.approx(float(m.group(2)), abs=1e-4)}
 
 
 def test_accuracy_beats_chance_by_a_wide_margin(invocation):
@@ -67,7 +67,8 @@ def test_log_files(invocation):
     assert log['seed'] == 7 and [r['seed'] for r in log['runs']] == [8, 9]
     assert log['overrides']['opt.batch_size'] == 200 and log['hyp']['opt']['batch_size'] == 200
     assert log['environment']['device'] == 'cpu' and log['environment']['torch'] == torch.__version__
-    assert log['data'] == {'dir': log['data']['dir'], 'source': 'cache', 'train': 2000, 'test': 500}
+    assert log['data'] == {'dir': log['data']['dir'], 'source': 'cache', 'origin': 'cifar-10-batches-py/ as found',
+                           'train': 2000, 'test': 500}
     assert log['summary']['n'] == 2 and log['flops_per_run'] > 0
     for run in log['runs']:
         assert run['steps'] == load_script('airbench94').train_steps(log['hyp']['opt'], 2000) == 30

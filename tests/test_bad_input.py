@@ -1,5 +1,6 @@
 """Every bad input ends in one clear sentence, exit status 2 (1 for a diverged run), no traceback,
 and nothing half-written. Run through airbench94.py; the other scripts share these blocks verbatim."""
+import hashlib
 import os
 import pickle
 import shutil
@@ -168,11 +169,12 @@ def test_cache_with_bad_tensors(cifar_dir, tmp_path, change, fragment):
 # ---------------------------------------------------------------- flags
 
 
-@pytest.mark.parametrize('target', ['150', '0', 'high'])
-def test_bad_target(cifar_dir, target):
-    proc = run_script(SCRIPT, '--data-dir', cifar_dir, '--target', target)
+@pytest.mark.parametrize('seed', ['99999999999999999999', '-1', 'x'])
+def test_a_seed_out_of_range_is_refused_before_anything_runs(cifar_dir, tmp_path, seed):
+    proc = run(cifar_dir, '--seed', seed, tmp_path=tmp_path)
     no_traceback(proc)
-    assert proc.returncode == 2 and '--target: must be an accuracy like 0.94 or 94' in proc.stderr
+    assert proc.returncode == 2 and '--seed: must be at most 2^53' in proc.stderr
+    assert not (tmp_path / 'logs').exists()
 
 
 @pytest.mark.parametrize('runs', ['0', '-3', 'two'])
@@ -261,3 +263,149 @@ def test_interrupt_keeps_the_finished_runs(cifar_dir, tmp_path):
     assert pt['accs'].tolist() == [r['tta_val_acc'] for r in log['runs']] and pt['status'] == 'interrupted'
     assert sorted(os.listdir(folder)) == ['log.json', 'log.pt']
     assert 'Mean:' in out and f'after {k} finished runs' in out
+
+
+# ---------------------------------------------------------------- untrusted data files (hardening)
+
+
+def copy_official(official_dir, tmp_path):
+    data = tmp_path / 'data'
+    shutil.copytree(official_dir, data)
+    return data
+
+
+class RunsCode:
+    """A pickle that, unpickled without restriction, runs a shell command (here: creates a file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
+@pytest.mark.parametrize('name', ['data_batch_2', 'batches.meta'])
+def test_a_pickle_that_would_run_code_is_refused(official_dir, tmp_path, name):
+    data, marker = copy_official(official_dir, tmp_path), tmp_path / 'ran'
+    with open(data / 'cifar-10-batches-py' / name, 'wb') as f:
+        pickle.dump({b'data': RunsCode(marker), b'labels': [0], b'label_names': RunsCode(marker)}, f)
+    line = user_error(run(data, tmp_path=tmp_path), name, 'system', 'not an official CIFAR-10 file')
+    assert not marker.exists(), line
+    assert not (data / 'train.pt').exists()
+
+
+@pytest.mark.parametrize('names, fragment', [
+    ([c for c in synthetic.CLASSES], 'label_names of'),                     # str, not the official bytes
+    (list(range(10)), 'label_names of'),
+    ([b'\xff\xfe'] * 10, 'label_names of'),                                  # not UTF-8
+    ([c.encode() for c in synthetic.CLASSES[:9]], 'label_names of'),       # 9 names
+])
+def test_class_names_that_are_not_ten_utf8_byte_strings(official_dir, tmp_path, names, fragment):
+    data = copy_official(official_dir, tmp_path)
+    rewrite_batch(data, 'batches.meta', lambda b: b.update({b'label_names': names}))
+    user_error(run(data, tmp_path=tmp_path), 'batches.meta', fragment, 'UTF-8 byte strings')
+
+
+def test_labels_that_are_floats_are_refused_not_truncated(official_dir, tmp_path):
+    data = copy_official(official_dir, tmp_path)
+    rewrite_batch(data, 'data_batch_4', lambda b: b.update({b'labels': [v + 0.7 for v in b[b'labels']]}))
+    user_error(run(data, tmp_path=tmp_path), 'data_batch_4', 'labels of', 'integers')
+
+
+def test_a_label_out_of_range_is_reported_in_its_own_file(official_dir, tmp_path):
+    data = copy_official(official_dir, tmp_path)
+    rewrite_batch(data, 'data_batch_3', lambda b: b[b'labels'].__setitem__(5, 11))
+    line = user_error(run(data, tmp_path=tmp_path), 'data_batch_3', 'labels outside 0..9')
+    assert 'data_batch_1' not in line
+
+
+@pytest.mark.parametrize('change, fragment', [
+    (lambda s: s.pop('classes'), 'classes of'),
+    (lambda s: s.update(classes=['a'] * 9), 'classes of'),
+    (lambda s: s.update(images=s['images'].to_sparse()), 'dense uint8'),
+    (lambda s: s.update(labels=s['labels'].to_sparse()), 'dense int64'),
+    (lambda s: s.update(images=s['images'].transpose(1, 2)), 'dense uint8'),  # same shape, not contiguous
+])
+def test_a_cache_missing_a_field_or_not_dense(cifar_dir, tmp_path, change, fragment):
+    data = tmp_path / 'data'
+    shutil.copytree(cifar_dir, data)
+    split = torch.load(data / 'test.pt', weights_only=True)
+    change(split)
+    torch.save(split, data / 'test.pt')
+    user_error(run(data, tmp_path=tmp_path), str(data / 'test.pt'), fragment, 'delete it')
+
+
+def test_an_archive_with_a_bad_crc_is_refused_before_anything_is_cached(tmp_path):
+    """tar stops reading at its end-of-archive marker, before gzip's CRC: a damaged trailer (or data
+    the tar members do not reach) extracted silently. One bit flipped in the CRC."""
+    data = tmp_path / 'data'
+    synthetic.write_archive(str(data))
+    path = data / 'cifar-10-python.tar.gz'
+    packed = bytearray(path.read_bytes())
+    packed[-8] ^= 0x01  # the first byte of the CRC-32 in the gzip trailer
+    path.write_bytes(bytes(packed))
+    line = user_error(run(data, tmp_path=tmp_path), str(path), 'damaged', 'download it again')
+    assert 'extract' not in line.split(':')[-1]  # the advice is not to extract a bad archive again
+    assert sorted(p.name for p in data.iterdir()) == ['cifar-10-python.tar.gz']
+
+
+def test_the_log_says_whether_the_archive_is_the_official_release(tmp_path):
+    data = tmp_path / 'data'
+    synthetic.write_archive(str(data))
+    md5 = hashlib.md5((data / 'cifar-10-python.tar.gz').read_bytes()).hexdigest()
+    proc = run(data, '--set', 'opt.train_epochs=1', tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    log = read_log(log_dir_of(proc.stdout))
+    assert log['data']['source'] == 'official archive'
+    assert log['data']['origin'] == f'cifar-10-python.tar.gz with MD5 {md5}: not the official release (repacked or synthetic)'
+    again = run(data, '--set', 'opt.train_epochs=1', tmp_path=tmp_path)  # from the cache now, which keeps it
+    assert read_log(log_dir_of(again.stdout))['data'] == {**log['data'], 'source': 'cache'}
+
+
+def test_the_loser_of_an_extraction_race_uses_the_winners_folder(ab94, tmp_path, monkeypatch):
+    """Another invocation renames its extracted folder into place just before this one does."""
+    data = tmp_path / 'data'
+    synthetic.write_archive(str(data))
+    real_replace, raced = os.replace, []
+
+    def replace(src, dst):
+        if str(dst).endswith('cifar-10-batches-py') and not raced:
+            raced.append(dst)
+            winner = tmp_path / 'winner'
+            synthetic.write_official(str(winner))
+            real_replace(winner / 'cifar-10-batches-py', dst)
+        return real_replace(src, dst)
+    monkeypatch.setattr(os, 'replace', replace)
+    splits, source = ab94.load_cifar10(str(data))
+    assert raced and source == 'official archive' and len(splits['train']['labels']) == 2000
+    assert not [p for p in data.iterdir() if p.name.startswith('.')]  # no temp folder left
+
+
+def test_two_invocations_extracting_one_fresh_archive_at_once_both_succeed(tmp_path):
+    data = tmp_path / 'data'
+    synthetic.write_archive(str(data))
+    code = f'import runpy; m = runpy.run_path({str(REPO / "airbench94.py")!r}); print(m["load_cifar10"]({str(data)!r})[1])'
+    procs = [subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and 'Traceback' not in err, err
+    assert sorted(p.name for p in data.iterdir()) == ['cifar-10-batches-py', 'cifar-10-python.tar.gz', 'test.pt',
+                                                       'train.pt']
+
+
+def test_a_data_folder_that_cannot_be_written_ends_in_one_sentence(ab94, tmp_path, monkeypatch):
+    """Extraction into a read-only folder (root ignores permission bits, so the refusal is simulated)."""
+    data = tmp_path / 'data'
+    synthetic.write_archive(str(data))
+
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if str(path).startswith(str(data)):
+            raise PermissionError(13, 'Permission denied', path)
+        return real_mkdir(path, *args, **kwargs)
+    monkeypatch.setattr(os, 'mkdir', mkdir)
+    with pytest.raises(ab94.UserError, match='cannot extract .* into .* \\(Permission denied\\): extract it yourself'):
+        ab94.load_cifar10(str(data))
+    assert sorted(p.name for p in data.iterdir()) == ['cifar-10-python.tar.gz']

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import load_script, log_dir_of, no_traceback, read_log, run_script
+from conftest import load_script, log_dir_of, no_traceback, read_log, run_script, train_on
 
 
 @pytest.fixture(scope='module')
@@ -99,7 +99,7 @@ def test_a_nan_loss_names_its_step(name, settings, request, data, monkeypatch):
     total = m.train_steps(hyp['opt'], 2000)
     nan_at(total - 3, monkeypatch, m)
     with pytest.raises(m.TrainingDiverged, match=f'NaN or infinite at step {total - 3} of {total} '):
-        m.train(hyp, m.Device('cpu'), data, run=1, seed=0)
+        train_on(m, hyp, m.Device('cpu'), data, seed=0)
 
 
 def test_step_counts_and_flops_match_the_published_figures(fast, hlb):
@@ -306,7 +306,7 @@ def test_fast_schedule_knots_and_groups_per_step_and_the_ema_cadence(fast, data,
     monkeypatch.setattr(fast, 'make_optimizer', recording_optimizer)
     monkeypatch.setattr(fast, 'EMA', RecordingEMA)
     monkeypatch.setattr(fast, 'evaluate', recording_evaluate)
-    result = fast.train(hyp, fast.Device('cpu'), data, run=1, seed=0)
+    result = train_on(fast, hyp, fast.Device('cpu'), data, seed=0)
     assert result['steps'] == len(seen) == 60
     assert optimizers[0].defaults['momentum'] == 0.9
     o = hyp['opt']
@@ -375,7 +375,7 @@ def test_fast_ema_copy_averages_its_splits_once_then_evaluates_with_split_0(fast
         return acc
 
     monkeypatch.setattr(fast, 'evaluate', evaluate)
-    fast.train(hyp, fast.Device('cpu'), data, run=1, seed=0)
+    train_on(fast, hyp, fast.Device('cpu'), data, seed=0)
     # (in training before, splits equal before, in training after, splits equal after)
     assert calls == [(True, False, False, True), (False, False, False, False), (False, False, False, False),
                      (False, False, False, False)]
@@ -593,7 +593,7 @@ def test_hlb_groups_lookahead_start_and_cutmix_epochs_per_step(hlb, data, monkey
     monkeypatch.setattr(hlb, 'make_optimizer', recording_optimizer)
     monkeypatch.setattr(hlb, 'LookaheadState', RecordingLookahead)
     monkeypatch.setattr(hlb, 'batch_cutmix', recording_cutmix)
-    assert hlb.train(hyp, hlb.Device('cpu'), data, run=1, seed=0)['steps'] == 49
+    assert train_on(hlb, hyp, hlb.Device('cpu'), data, seed=0)['steps'] == 49
     decay = lambda step: 0.95**5 * (step / 49)**3
     assert events == [(10, 'snapshot')] + [(s, pytest.approx(decay(s))) for s in range(15, 46, 5)] + [(49, 1.0)]
     assert cutmix == [(4 * epoch, 3) for epoch in range(7, 13)]
@@ -624,7 +624,7 @@ def test_hlb_evaluates_the_lookahead_average(hlb, data, monkeypatch):
 
     monkeypatch.setattr(hlb, 'LookaheadState', Keeping)
     monkeypatch.setattr(hlb, 'evaluate', final_evaluate)
-    assert hlb.train(hyp, hlb.Device('cpu'), data, run=1, seed=0)['steps'] == 37  # last sync at 35
+    assert train_on(hlb, hyp, hlb.Device('cpu'), data, seed=0)['steps'] == 37  # last sync at 35
     assert all(torch.equal(state['evaluated'][k], v) for k, v in state['ema'].items())
 
 
@@ -641,7 +641,7 @@ def test_hlb_stops_when_a_running_statistic_becomes_nan(hlb, data, monkeypatch):
     monkeypatch.setattr(hlb, 'LookaheadState', Breaking)
     with pytest.raises(hlb.TrainingDiverged, match=r'state became NaN or infinite by the end of epoch 2 of run 1 '
                                                    r'\(step 20 of 30: 3\.norm1\.running_var\)'):
-        hlb.train(hyp, hlb.Device('cpu'), data, run=1, seed=0)
+        train_on(hlb, hyp, hlb.Device('cpu'), data, seed=0)
 
 
 @pytest.mark.parametrize('name, settings', [('fast', FAST_TINY), ('hlb', HLB_TINY)])
@@ -656,7 +656,7 @@ def test_the_loss_is_summed_with_label_smoothing_0_2(name, settings, request, da
         seen.append((input.dtype, kwargs.get('label_smoothing'), kwargs.get('reduction')))
         return real(input, target, **kwargs)
     monkeypatch.setattr(m.F, 'cross_entropy', cross_entropy)
-    result = m.train(hyp, m.Device('cpu'), data, run=1, seed=0)
+    result = train_on(m, hyp, m.Device('cpu'), data, seed=0)
     assert len(seen) == result['steps'] > 0
     assert set(seen) == {(torch.float32, 0.2, 'sum')}
 
@@ -685,7 +685,7 @@ def whitened_images(m, hyp, data, monkeypatch, seed=0):
                 super().__init__(net)
                 seen['ema_filters'] = self.net[0].weight.detach().clone()
         monkeypatch.setattr(m, 'EMA', Seeing)
-    m.train(hyp, m.Device('cpu'), data, run=1, seed=seed)
+    train_on(m, hyp, m.Device('cpu'), data, seed=seed)
     monkeypatch.undo()
     return seen
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TINY, log_dir_of, no_traceback, read_log, run_script
+from conftest import TINY, log_dir_of, no_traceback, read_log, run_script, train_on
 
 
 def tiny(hyp, **opt):
@@ -148,7 +148,7 @@ def test_muon_lr_schedules_of_every_group_in_training(mu, data, monkeypatch):
     monkeypatch.setattr(mu, 'make_optimizers', recording)
     dev = mu.Device('cpu')
     model = dev.prepare(mu.make_net(hyp))
-    result = mu.train(hyp, dev, data, run=1, seed=0, model=model, compiled=model)
+    result = train_on(mu, hyp, dev, data, seed=0, net=(model, model))
     assert result['steps'] == len(seen) == 200
     initial = [0.053, 0.053, 0.67, 0.24]
     for step, (bias_factor, factor) in {0: (1, 1), 75: (0, 0.625), 199: (0, 0.005)}.items():
@@ -182,7 +182,7 @@ def test_faster_streams_are_identical_for_proxy_and_main(fa, data):
     dev = fa.Device('cpu')
     nets = fa.compile_nets(hyp, dev)
     seen = []
-    result = fa.train(hyp, dev, data, run=1, seed=11, nets=nets,
+    result = train_on(fa, hyp, dev, data, seed=11, nets=nets,
                       trace=lambda step, x, mask, main_x: seen.append((x.clone(), mask.clone(), main_x.clone())))
     total = fa.train_steps(hyp['opt'], 2000)
     assert total == 15 and len(seen) == result['steps'] == total
@@ -235,7 +235,7 @@ def test_faster_proxy_steps_on_one_batch_in_four_and_the_freeze_fires_on_time(fa
     def trace(step, x, mask, main_x):
         steps_seen.append(step)
         requires_grad.append(nets['net'][0][0].bias.requires_grad)
-    result = fa.train(hyp, dev, data, run=1, seed=0, nets=nets, trace=trace)
+    result = train_on(fa, hyp, dev, data, nets=nets, trace=trace)
     assert proxy_step_at == list(range(0, 15, 4)) and result['proxy_steps'] == 4
     freeze = math.ceil(1 * 2000 / 300)  # one epoch of the stream
     assert result['whiten_bias_frozen_at_step'] == freeze == 7
@@ -255,7 +255,7 @@ def test_faster_timer_includes_the_proxy(fa, data, monkeypatch):
     dev = fa.Device('cpu')
     nets = fa.compile_nets(hyp, dev)
     nets['proxy'][0].register_forward_pre_hook(lambda module, args: clock.__setitem__(0, clock[0] + 1.0))
-    result = fa.train(hyp, dev, data, run=1, seed=0, nets=nets)
+    result = train_on(fa, hyp, dev, data, nets=nets)
     assert result['time_seconds'] == result['steps'] == 15  # every proxy forward (one per batch) was timed
 
 

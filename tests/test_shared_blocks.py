@@ -132,9 +132,9 @@ def test_the_harness_comes_last_under_its_banner():
     assert 'exactly once' in sb.harness_layout(moved, 'x.py')[0]
     edited = text.replace(sb.HARNESS_BANNER, sb.HARNESS_BANNER.replace('harness, not', 'harness, hardly'))
     assert 'exactly once' in sb.harness_layout(edited, 'x.py')[0]
-    # method code between two harness blocks
-    wedged = text.replace('#=== end shared: device\n', '#=== end shared: device\n\ndef helper():\n    pass\n', 1)
-    assert 'in this order' in sb.harness_layout(wedged, 'x.py')[0]
+    # code between the banner and the harness block
+    wedged = text.replace(sb.HARNESS_BANNER, sb.HARNESS_BANNER + '\ndef helper():\n    pass\n', 1)
+    assert 'nothing before it' in sb.harness_layout(wedged, 'x.py')[0]
     # a shared block below the harness
     loader = sb.parse(text)['loader']
     below = text + '\n#=== shared: extra\n' + loader + '#=== end shared: extra\n'
@@ -146,7 +146,33 @@ def test_a_name_a_script_never_imports_is_reported():
     assert sb.undefined_names(text, 'airbench95.py') == []
     broken = text.replace('import signal\n', '', 1)
     problems = sb.undefined_names(broken, 'airbench95.py')
-    assert problems == ["airbench95.py: start() uses 'signal', which the script never defines or imports"]
-    # and every script must carry airbench94's imports verbatim, whatever its list says
+    assert problems == ["airbench95.py: entry() uses 'signal', which the script never defines or imports"]
+    # and every script must carry airbench94's harness verbatim, whatever its list says
     drifted = sb.drift(broken, REFERENCES, sb.CARRIED['airbench95.py'], 'airbench95.py')
-    assert [name for name, _ in drifted] == ['imports']
+    assert [name for name, _ in drifted] == ['harness']
+
+
+def test_a_forward_reference_is_reported_and_main_may_use_anything():
+    text = ('def early():\n    return LATER + helper()\n\n\ndef helper():\n    return 1\n\n\n'
+            'class Late:\n    def method(self):\n        return early() + LATER\n\n\nLATER = 2\n\n\n'
+            'def main():\n    return main_only()\n\n\ndef main_only():\n    return 0\n')
+    problems = sb.forward_references(text, 'x.py')
+    assert [p.split(': define')[0] for p in problems] == [
+        "x.py:1: early uses 'LATER', which is defined only below it (line 14)",
+        "x.py:1: early uses 'helper', which is defined only below it (line 5)",
+        "x.py:9: Late uses 'LATER', which is defined only below it (line 14)"]  # not early; main() is exempt
+
+
+def test_every_script_reads_top_to_bottom():
+    for script in sb.CARRIED:
+        assert sb.forward_references((REPO / script).read_text(), script) == []
+
+
+def test_readme_lists_each_scripts_sizes():
+    """README's "How a script reads" table is what `tools/shared_blocks.py sizes` counts."""
+    readme = (REPO / 'README.md').read_text()
+    for script in sb.project_scripts():
+        n = sb.sizes((REPO / script).read_text())
+        row = f"| `{script}` | {n['header']} | {n['setup']} | {n['method']} | {n['harness']} |"
+        assert row in readme, row
+    assert sb.sizes((REPO / 'airbench94.py').read_text())['harness'] <= 400  # the skeleton's budget

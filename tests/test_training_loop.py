@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import load_script
+from conftest import load_script, train_on
 
 STEPS_PER_EPOCH, EPOCHS = 10, 5  # batches of 200 from the 2,000 synthetic images
 TOTAL = STEPS_PER_EPOCH * EPOCHS
@@ -56,13 +56,10 @@ def record_training(m, hyp, data, monkeypatch, runs=2):
     monkeypatch.setattr(m, 'make_optimizer', recording_optimizer)
     monkeypatch.setattr(m, 'LookaheadState', RecordingLookahead)
     dev = m.Device('cpu')
-    extra = {}
-    if hasattr(m, 'compile_net'):
-        model, compiled = m.compile_net(hyp, dev)
-        extra = {'model': model, 'compiled': compiled}
+    extra = {'net': m.compile_net(hyp, dev)} if hasattr(m, 'compile_net') else {}
     for run in range(1, runs + 1):
         current = {'steps': [], 'syncs': []}
-        result = m.train(hyp, dev, data, run=run, seed=run, **extra)
+        result = train_on(m, hyp, dev, data, seed=run, run=run, **extra)
         assert result['steps'] == TOTAL
         per_run.append(current)
     return per_run

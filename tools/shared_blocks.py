@@ -7,18 +7,21 @@ each the same text as the reference's copy.
 
     python tools/shared_blocks.py check    # names every problem below (exit 1 if any)
     python tools/shared_blocks.py sync     # copies each reference block into the scripts that carry it
+    python tools/shared_blocks.py sizes    # lines of each script's header, Setup, method and harness
 
 `check` reports: malformed or unbalanced markers; a block its reference script lacks; a listed
 block that a script lacks or whose text differs from the reference; a block a script carries
 but is not listed for; a script of the project (airbench*.py, ablations/*.py, legacy/*.py) that
-is not listed at all; a harness banner missing, or anything but the harness blocks in order
-below it (the method goes above); a top-level function or class defined twice in one script
-(the later one silently wins); and a global name a function uses that the script never defines
-or imports. tests/test_shared_blocks.py runs the check.
+is not listed at all; a harness banner missing, or anything but the harness block below it (the
+method goes above); a top-level function or class defined twice in one script (the later one
+silently wins); a global name a function uses that the script never defines or imports; and a
+forward reference: a top-level function or class (main() aside) that uses a top-level name the
+script defines only below it, so the script does not read top to bottom.
+tests/test_shared_blocks.py runs the check.
 
-What is a block: every piece of the method that scripts share word for word (the loader,
-BatchNorm, Conv, Mul, whitening, lookahead, TTA, step count, lr schedule, optimizer), and the
-whole harness. What stays per script: the pieces in which the methods differ (hyp, check_hyp,
+What is a block: the Setup every script starts with (errors, device, timer, the table), every
+piece of the method that scripts share word for word (the loader, BatchNorm, Conv, Mul,
+whitening, lookahead, TTA, step count, lr schedule, optimizer), and the whole harness. What stays per script: the pieces in which the methods differ (hyp, check_hyp,
 ConvGroup, make_net, train, flops_per_run), even where a few scripts happen to agree today; a
 block around them would add marker lines to the diff of every pair that disagrees, and the diffs
 are what a reader reads. Where such copies must agree, the tests compare them (main7_mirror.py
@@ -36,14 +39,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT_GLOBS = ('airbench*.py', 'ablations/*.py', 'legacy/*.py')
 
-HARNESS = ('errors', 'device', 'data-files', 'logging', 'cli', 'driver')
+HARNESS = ('harness',)
 METHOD = ('loader', 'batchnorm', 'conv', 'mul', 'whitening', 'lookahead', 'tta', 'steps', 'schedule', 'optimizer')
-ALWAYS = ('imports',)  # every script starts with airbench94's imports: the harness needs them all
-REFERENCE = {name: 'airbench94.py' for name in ALWAYS + HARNESS + METHOD}
+ALWAYS = ('setup',) + HARNESS  # every script: airbench94's Setup above its method, its harness below
+REFERENCE = {name: 'airbench94.py' for name in ALWAYS + METHOD}
 REFERENCE['reinit'] = 'airbench94_compiled.py'  # only the scripts that keep one net per invocation
 ALL = tuple(REFERENCE)
 
-SGD_FAMILY = HARNESS + METHOD
+SGD_FAMILY = METHOD
 CARRIED = {
     'airbench94.py': SGD_FAMILY,
     'airbench94_compiled.py': SGD_FAMILY + ('reinit',),
@@ -56,7 +59,7 @@ CARRIED = {
 # the ablation ladder (issue 10): one entry per rung
 _NO_FEATURES = tuple(b for b in SGD_FAMILY if b not in ('conv', 'whitening', 'lookahead'))  # main0's blocks
 CARRIED.update({
-    'ablations/train_resnet18.py': HARNESS + ('loader', 'tta', 'steps', 'schedule'),  # no Mul
+    'ablations/train_resnet18.py': ('loader', 'tta', 'steps', 'schedule'),  # no Mul
     'ablations/main0_network.py': _NO_FEATURES,                              # its own default-init Conv
     'ablations/main1_whiten.py': _NO_FEATURES + ('whitening',),              # its own default-init Conv
     'ablations/main2_dirac.py': _NO_FEATURES + ('whitening', 'conv'),
@@ -70,23 +73,21 @@ CARRIED.update({
 # the prior records (issue 11)
 CARRIED.update({
     # its own ghost BatchNorm, 3x3 whitening, EMA (not lookahead), lr schedule and SGD
-    'legacy/cifar10_fast.py': HARNESS + ('loader', 'mul', 'tta', 'steps'),
+    'legacy/cifar10_fast.py': ('loader', 'mul', 'tta', 'steps'),
     # its own loader (its crop quirk, CutMix), conv init, chunked whitening, lr schedule and SGD
-    'legacy/hlb_cifar10.py': HARNESS + ('batchnorm', 'mul', 'lookahead', 'tta', 'steps'),
+    'legacy/hlb_cifar10.py': ('batchnorm', 'mul', 'lookahead', 'tta', 'steps'),
 })
 
 MARKER = re.compile(r'^#=== (end shared|shared): ([\w-]+)$')
 
-# Every script: the method above this banner; below it only the HARNESS blocks, in this order,
-# and then the script's own main() and entry point.
+# Every script: the method above this banner; below it only the harness block, and then the
+# script's own main() and entry point.
 HARNESS_BANNER = """\
 #############################################
 #      Harness: the same in every script    #
 #############################################
-# Everything below this banner is the harness, not the method: errors, device and timer, data
-# files, logging and statistics, command line, and the driver that runs the invocation. It is
-# the same text in every script, block by block (tools/shared_blocks.py checks it), so it needs
-# reading once; only main() at the very end is the script's own.
+# The harness, not the method: data files, logs, command line, the invocation (warmup, runs, torchrun,
+# exit statuses). One shared block, the same in every script: read it once; only main() is the script's.
 """
 
 
@@ -144,8 +145,7 @@ def harness_layout(text, where='<text>'):
     pattern = ''.join(rf'\s*#=== shared: {re.escape(n)}\n.*?^#=== end shared: {re.escape(n)}\n' for n in HARNESS)
     m = re.match(pattern, below, re.S | re.M)
     if not m:
-        return [f'{where}: below the harness banner must come the blocks {", ".join(HARNESS)}, in this order, '
-                'with only blank lines between them']
+        return [f'{where}: below the harness banner must come the block {", ".join(HARNESS)}, and nothing before it']
     rest = below[m.end():]
     if '#=== ' in rest or '#' * 45 in rest:
         return [f'{where}: after the harness blocks only main() and the entry point may follow']
@@ -166,6 +166,34 @@ def undefined_names(text, where='<text>'):
                 problems.append(f"{where}: {scope.get_name()}() uses {sym.get_name()!r}, which the script never "
                                 'defines or imports')
     return sorted(set(problems))
+
+
+def forward_references(text, where='<text>'):
+    """Messages for every top-level function or class (main() aside) that uses a top-level name the
+    module binds only further down: read top to bottom, the reader meets a name before its meaning."""
+    tree = ast.parse(text, where)
+    first = {}  # top-level name -> line of its first binding
+    for node in tree.body:
+        names = [node.name] if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) else \
+            [a.asname or a.name.split('.')[0] for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) \
+            else [t.id for t in ast.walk(node) if isinstance(t, ast.Name) and isinstance(t.ctx, ast.Store)]
+        for name in names:
+            first.setdefault(name, node.lineno)
+    lines = {(n.name, n.lineno) for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    problems = []
+    for scope in symtable.symtable(text, where, 'exec').get_children():
+        if (scope.get_name(), scope.get_lineno()) not in lines or scope.get_name() == 'main':
+            continue
+        todo, used = [scope], set()
+        while todo:
+            inner = todo.pop()
+            todo += inner.get_children()
+            used |= {s.get_name() for s in inner.get_symbols() if s.is_global() and s.is_referenced()}
+        for name in sorted(used):
+            if first.get(name, 0) > scope.get_lineno():
+                problems.append(f'{where}:{scope.get_lineno()}: {scope.get_name()} uses {name!r}, which is defined '
+                                f'only below it (line {first[name]}): define it before its first use')
+    return problems
 
 
 def reference_block(references, name):
@@ -213,6 +241,18 @@ def replace_blocks(script_text, references, carried):
     return script_text
 
 
+def sizes(text):
+    """{part: lines} of a script: its header docstring, the Setup (banner and block), the method (the
+    rest above the harness banner) and the harness (from its banner to the end of the file)."""
+    lines = text.splitlines()
+    header = ast.parse(text).body[0].end_lineno
+    setup_start = next(i for i, line in enumerate(lines) if line == '#                   Setup                   #') - 1
+    setup_end = lines.index('#=== end shared: setup') + 1
+    harness = next(i for i, line in enumerate(lines) if line == '#      Harness: the same in every script    #') - 1
+    return {'header': header, 'setup': setup_end - setup_start,
+            'method': harness - header - (setup_end - setup_start), 'harness': len(lines) - harness}
+
+
 def project_scripts(repo=REPO):
     """Every standalone script of the project, relative to the repository root."""
     return sorted({str(p.relative_to(repo)) for pattern in SCRIPT_GLOBS for p in repo.glob(pattern)})
@@ -241,12 +281,19 @@ def problems(repo=REPO, carried=CARRIED):
         out += harness_layout(text, script)
         out += undefined_names(text, script)
         out += defined_twice(text, script)
+        out += forward_references(text, script)
     return list(dict.fromkeys(out))  # a reference that lost its block is reported once, not per script
 
 
 def main(argv):
-    if argv not in (['check'], ['sync']):
+    if argv not in (['check'], ['sync'], ['sizes']):
         sys.exit(__doc__)
+    if argv == ['sizes']:
+        print(f"{'script':<30} {'header':>6} {'setup':>6} {'method':>6} {'harness':>7}")
+        for script in project_scripts():
+            n = sizes((REPO / script).read_text())
+            print(f"{script:<30} {n['header']:>6} {n['setup']:>6} {n['method']:>6} {n['harness']:>7}")
+        return
     if argv == ['sync']:
         references = {name: (REPO / script).read_text() for name, script in REFERENCE.items()}
         for script, blocks in CARRIED.items():

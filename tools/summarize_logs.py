@@ -7,8 +7,11 @@
 
 A LOG is a log folder (holding log.json), a log.json, or a folder of log folders. Runs are read from
 log.json and, for an invocation under torchrun whose log.json lags (a process was killed), also from
-its runs-rank<r>.json files. The statistics need nothing beyond Python; --plot needs matplotlib
-(pip install -e ".[analysis]").
+its runs-rank<r>.json files. A file that is not a readable run log is skipped with a warning naming
+it; with no readable log left the exit status is 2. The statistics (confidence intervals, the test
+against a target with the runs such a test needs, Welch's test) are this tool's, not the scripts':
+the scripts print mean, std and n as the original does. They need nothing beyond Python; --plot
+needs matplotlib (pip install -e ".[analysis]").
 """
 import argparse
 import json
@@ -64,10 +67,22 @@ def welch(a, b):
 
 
 def one_sided(a, target):
-    """One-sided t-test of mean(a) > target: t and p."""
+    """One-sided t-test of mean(a) > target: t, p, and the runs with this mean and std that would give
+    p < 0.05 (None if the mean is not above the target): the paper's evidence for a claim like 94%."""
     m, v = mean_var(a)
     t = (m - target) / math.sqrt(v / len(a))
-    return {'t': t, 'p': t_sf(t, len(a) - 1)}
+    return {'t': t, 'p': t_sf(t, len(a) - 1), 'runs_needed': runs_needed(m, math.sqrt(v), target)}
+
+
+def runs_needed(mean, std, target):
+    """The smallest n with t_0.95(n - 1) * std / sqrt(n) < mean - target, searched up from the normal
+    approximation; beyond 10,000 runs (slow to search) the approximation itself, a few runs short at most."""
+    if mean <= target:
+        return None
+    n = max(2, math.ceil((1.6448536 * std / (mean - target))**2))
+    while n < 10000 and t_quantile(0.95, n - 1) * std / math.sqrt(n) >= mean - target:
+        n += 1
+    return n
 
 
 def mean_var(x):
@@ -106,29 +121,52 @@ def find_logs(paths):
     return found
 
 
-def read_log(path):
-    """The log as a dict, with 'runs' completed from runs-rank<r>.json where log.json lags."""
+def runs_of(path):
+    """The runs a log.json or runs-rank<r>.json holds, each checked for what this tool reads."""
     try:
-        log = json.loads(Path(path).read_text())
-        runs = {r['run']: r for r in log['runs']}
-        for part in sorted(Path(path).parent.glob('runs-rank*.json')):
-            for r in json.loads(part.read_text())['runs']:
-                runs.setdefault(r['run'], r)
+        doc = json.loads(Path(path).read_text())
+        runs = doc['runs'] if isinstance(doc, dict) else None
+        if not isinstance(runs, list):
+            raise BadLog(f'{path} holds no list of runs: it is not a log of these scripts')
+        for r in runs:
+            if not (isinstance(r, dict) and isinstance(r.get('run'), int) and all(
+                    isinstance(r.get(k), (int, float)) and math.isfinite(r[k]) for k in ('tta_val_acc', 'time_seconds'))):
+                raise BadLog(f'{path} holds a run without a run number, TTA accuracy or time: {str(r)[:80]}')
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise BadLog(f'{path} is not a readable run log ({type(e).__name__}: {e})') from None
-    log['runs'] = [runs[k] for k in sorted(runs)]
-    log['path'] = str(Path(path).parent)
+    return doc, runs
+
+
+def warn(message):
+    print(f'summarize_logs.py: warning: {message}', file=sys.stderr)
+
+
+def read_log(path):
+    """The log as a dict, with 'runs' completed from runs-rank<r>.json where log.json lags (a part
+    file that cannot be read is skipped with a warning)."""
+    log, runs = runs_of(path)
+    runs = {r['run']: r for r in runs}
+    for part in sorted(Path(path).parent.glob('runs-rank*.json')):
+        try:
+            for r in runs_of(part)[1]:
+                runs.setdefault(r['run'], r)
+        except BadLog as e:
+            warn(f'{e}; the log\'s other runs are kept')
+    world = log.get('world_size')
+    log.update(runs=[runs[k] for k in sorted(runs)], path=str(Path(path).parent),
+               world_size=world if isinstance(world, int) else 1,
+               environment=log['environment'] if isinstance(log.get('environment'), dict) else {})
     return log
 
 
 def row(log, target=None):
     accs = [r['tta_val_acc'] for r in log['runs']]
     env = log.get('environment', {})
-    cells = {'log': Path(log['path']).name, 'script': log.get('script', '?'),
+    cells = {'log': Path(log['path']).name, 'script': str(log.get('script', '?')),
              'device': f"{env.get('device', '?')}" + (f" x{log['world_size']}" if log.get('world_size', 1) > 1 else ''),
-             'torch': env.get('torch', '?'), 'n': str(len(accs)), 'mean': '', 'std': '', '95% CI': '', 's/run': '',
-             'PFLOPs': f"{log['flops_per_run'] / 1e15:.3f}" if log.get('flops_per_run') else '',
-             'status': log.get('status', '?')}
+             'torch': str(env.get('torch', '?')), 'n': str(len(accs)), 'mean': '', 'std': '', '95% CI': '',
+             's/run': '', 'PFLOPs': f"{log['flops_per_run'] / 1e15:.3f}"
+             if isinstance(log.get('flops_per_run'), (int, float)) else '', 'status': str(log.get('status', '?'))}
     if accs:
         cells['mean'] = f'{100 * sum(accs) / len(accs):.2f}'
         cells['s/run'] = f"{sum(r['time_seconds'] for r in log['runs']) / len(accs):.2f}"
@@ -147,13 +185,24 @@ def print_table(rows):
         print('  '.join(r[c].ljust(widths[c]) for c in COLUMNS))
 
 
-def plot(logs, path):
+def plotter(path):
+    """matplotlib's pyplot, once it is clear that it can write path (checked before any work)."""
     try:
         import matplotlib
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
     except ImportError:
         raise BadLog('--plot needs matplotlib: pip install -e ".[analysis]"') from None
+    kinds = plt.figure().canvas.get_supported_filetypes()
+    plt.close('all')
+    if Path(path).suffix.lstrip('.').lower() not in kinds:
+        raise BadLog(f'--plot {path}: the file name must end in one of {", ".join("." + k for k in sorted(kinds))}')
+    if not Path(path).resolve().parent.is_dir():
+        raise BadLog(f'--plot {path}: the folder {Path(path).resolve().parent} does not exist')
+    return plt
+
+
+def plot(logs, path, plt):
     fig, (curves, finals) = plt.subplots(1, 2, figsize=(12, 4.5))
     every = [100 * r['tta_val_acc'] for log in logs for r in log['runs']] or [0.0]
     count = max(5, min(40, len(every) // 3))
@@ -161,7 +210,8 @@ def plot(logs, path):
     bins = [min(every) + i * step for i in range(count + 1)]  # shared by every log, so they compare
     for i, log in enumerate(logs):
         color, label = f'C{i}', f"{log.get('script', '?')} ({Path(log['path']).name})"
-        histories = [[e['val_acc'] for e in r.get('epochs', [])] for r in log['runs']]
+        histories = [[e.get('val_acc') for e in r.get('epochs') or [] if isinstance(e, dict)] for r in log['runs']]
+        histories = [h for h in histories if all(isinstance(a, (int, float)) for a in h)]
         for h in histories:
             curves.plot(range(1, len(h) + 1), [100 * a for a in h], color=color, alpha=0.25, linewidth=0.8)
         length = min((len(h) for h in histories), default=0)
@@ -177,28 +227,52 @@ def plot(logs, path):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as e:
+        raise BadLog(f'--plot {path} cannot be written ({e.strerror or e})') from None
+    finally:
+        plt.close(fig)
+
+
+def accuracy(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 100:
+        raise argparse.ArgumentTypeError(f'must be an accuracy like 0.94 or 94, got {text!r}')
+    return value / 100 if value > 1 else value
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('logs', nargs='+', help='log folders, log.json files, or folders of log folders')
-    p.add_argument('--target', type=float, default=None, metavar='ACC',
+    p.add_argument('--target', type=accuracy, default=None, metavar='ACC',
                    help='also test each log\'s mean TTA accuracy against ACC (0.94 or 94), one-sided')
     p.add_argument('--plot', metavar='FILE.png', help='draw per-epoch curves and final accuracies (needs matplotlib)')
     args = p.parse_args(argv)
     try:
-        logs = [read_log(path) for path in find_logs(args.logs)]
+        plt = plotter(args.plot) if args.plot else None
+        logs = []
+        for path in find_logs(args.logs):
+            try:
+                logs.append(read_log(path))
+            except BadLog as e:
+                warn(f'skipped: {e}')
+        if not logs:
+            raise BadLog('no readable run log among ' + ', '.join(args.logs))
         print_table([row(log) for log in logs])
-        target = None if args.target is None else args.target / 100 if args.target > 1 else args.target
+        target = args.target
         if target is not None:
             for log in logs:
                 accs = [r['tta_val_acc'] for r in log['runs']]
                 if len(accs) > 1 and len(set(accs)) > 1:
                     test = one_sided(accs, target)
+                    need = f"about {test['runs_needed']} runs like these would give p < 0.05" \
+                        if test['runs_needed'] else 'no number of runs like these would: the mean is not above it'
                     print(f"{Path(log['path']).name}: mean > {100 * target:.2f}%? t = {test['t']:.3f}, "
-                          f"p = {test['p']:.4g} (one-sided, n = {len(accs)})")
+                          f"p = {test['p']:.4g} (one-sided, n = {len(accs)}); {need}")
         if len(logs) == 2:
             a, b = ([r['tta_val_acc'] for r in log['runs']] for log in logs)
             if len(a) > 1 and len(b) > 1 and (len(set(a)) > 1 or len(set(b)) > 1):
@@ -207,8 +281,8 @@ def main(argv=None):
                       f"{w['t']:.3f}, df = {w['df']:.1f}, two-sided p = {w['p_two_sided']:.4g}")
             else:
                 print('difference of the means: a Welch test needs at least 2 runs per log, not all equal')
-        if args.plot:
-            plot(logs, args.plot)
+        if plt:
+            plot(logs, args.plot, plt)
             print(f'plot: {args.plot}')
     except BadLog as e:
         print(f'summarize_logs.py: error: {e}', file=sys.stderr)
