@@ -515,7 +515,7 @@ class Muon(torch.optim.Optimizer):
             ns_dtype = torch.bfloat16
             if not bf16_matmul_supported(device):
                 ns_dtype = torch.float32
-                print(f'note: no bf16 matmul on {device.type}; Muon orthogonalises in fp32 instead')
+                say(f'note: no bf16 matmul on {device.type}; Muon orthogonalises in fp32 instead')
         self.ns_dtype = ns_dtype
         self.orthogonalise = torch.compile(newton_schulz) if compile else newton_schulz
 

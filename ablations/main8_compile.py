@@ -581,7 +581,7 @@ def compile_net(hyp, dev):
     compiles once; toggling the whitening bias's requires_grad selects between two cached graphs."""
     model = dev.prepare(make_net(hyp))
     if dev.type == 'mps':
-        print('note: torch.compile does not support MPS; this invocation trains eagerly')
+        say('note: torch.compile does not support MPS; this invocation trains eagerly')
         return model, model
     return model, torch.compile(model, mode='max-autotune' if dev.type == 'cuda' else None, dynamic=False)
 
