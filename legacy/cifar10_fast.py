@@ -1044,7 +1044,7 @@ def benchmark(args, hyp, overrides, train_fn, flops_fn, script_path):
         'overrides': overrides, 'seed': args.seed if args.seed is not None else secrets.randbelow(2**31),
         'warmup': not args.no_warmup, 'world_size': world,
         'flops_per_run': flops_fn(hyp, n_train, n_test), 'environment': environment(dev),
-        'data': {'dir': os.path.abspath(args.data_dir), 'source': source, 'origin': data['train'].get('origin'),
+        'data': {'dir': os.path.abspath(args.data_dir), 'source': source, 'origin': str(data['train'].get('origin')),
                  'train': n_train, 'test': n_test},
         'folder': os.path.join(args.log_dir, f"{script}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}")}]
     if world > 1:  # rank 0's record, with its log folder and seed, for every process

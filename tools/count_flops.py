@@ -89,4 +89,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except BrokenPipeError:  # the reader of the output went away (| head): quietly
+        sys.stdout = None

@@ -286,14 +286,15 @@ def problems(repo=REPO, carried=CARRIED):
 
 
 def main(argv):
+    """The command; its messages are printed once the work is done, so a closed pipe (| head) stops nothing."""
     if argv not in (['check'], ['sync'], ['sizes']):
         sys.exit(__doc__)
+    out = []
     if argv == ['sizes']:
-        print(f"{'script':<30} {'header':>6} {'setup':>6} {'method':>6} {'harness':>7}")
+        out.append(f"{'script':<30} {'header':>6} {'setup':>6} {'method':>6} {'harness':>7}")
         for script in project_scripts():
             n = sizes((REPO / script).read_text())
-            print(f"{script:<30} {n['header']:>6} {n['setup']:>6} {n['method']:>6} {n['harness']:>7}")
-        return
+            out.append(f"{script:<30} {n['header']:>6} {n['setup']:>6} {n['method']:>6} {n['harness']:>7}")
     if argv == ['sync']:
         references = {name: (REPO / script).read_text() for name, script in REFERENCE.items()}
         for script, blocks in CARRIED.items():
@@ -304,14 +305,17 @@ def main(argv):
             try:
                 new = replace_blocks(text, references, [b for b in ALWAYS + tuple(blocks) if REFERENCE[b] != script])
             except MarkerError as e:
-                print(f'{script} not updated: {e}')
+                out.append(f'{script} not updated: {e}')
                 continue
             if new != text:
                 path.write_text(new)
-                print(f'updated {script}')
-    found = problems()
-    for message in found:
-        print(message)
+                out.append(f'updated {script}')
+    found = [] if argv == ['sizes'] else problems()
+    try:
+        if out or found:
+            print('\n'.join(out + found))
+    except BrokenPipeError:
+        sys.stdout = None  # the reader went away; there is nothing left to do
     sys.exit(1 if found else 0)
 
 

@@ -290,4 +290,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except BrokenPipeError:  # the reader of the output went away (| head): quietly
+        sys.stdout = None
