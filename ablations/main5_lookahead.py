@@ -735,10 +735,10 @@ def check_split(split, where, fix):
     dense = [isinstance(x, torch.Tensor) and x.layout == torch.strided and x.is_contiguous() for x in (images, labels)]
     n = len(images) if dense[0] and images.dtype == torch.uint8 and images.shape[1:] == (32, 32, 3) else 0
     check(where, fix, ('images', images, n > 0, 'a dense uint8 tensor of shape (N, 32, 32, 3)'),
-                 ('labels', labels, dense[1] and labels.dtype == torch.int64 and labels.shape == (n,),
-                  f'a dense int64 tensor of shape ({n},)'),
-                 ('classes', classes, isinstance(classes, list) and len(classes) == NUM_CLASSES
-                  and all(isinstance(c, str) for c in classes), f'a list of {NUM_CLASSES} class names'))
+          ('labels', labels, dense[1] and labels.dtype == torch.int64 and labels.shape == (n,),
+           f'a dense int64 tensor of shape ({n},)'),
+          ('classes', classes, isinstance(classes, list) and len(classes) == NUM_CLASSES
+           and all(isinstance(c, str) for c in classes), f'a list of {NUM_CLASSES} class names'))
     if labels.min() < 0 or labels.max() >= NUM_CLASSES:
         raise UserError(f'{where} has labels outside 0..{NUM_CLASSES - 1} ({labels.min()}..{labels.max()}): {fix}')
     return split
@@ -779,8 +779,8 @@ def read_official(folder, origin):
         data, labels = get(b'data'), get(b'labels')
         rows = len(data) if getattr(data, 'dtype', '') == 'uint8' and getattr(data, 'shape', ())[1:] == (3072,) else -1
         check(path, fix, ('data', data, rows >= 0, 'a uint8 array of shape (N, 3072)'),
-                     ('labels', labels, isinstance(labels, list) and len(labels) == rows
-                      and all(type(v) is int for v in labels), f'a list of {rows} integers'))
+              ('labels', labels, isinstance(labels, list) and len(labels) == rows
+               and all(type(v) is int for v in labels), f'a list of {rows} integers'))
         split = {'images': torch.from_numpy(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()),
                  'labels': torch.tensor(labels, dtype=torch.int64), 'classes': classes}
         splits['test' if name == 'test_batch' else 'train'].append(check_split(split, path, fix))
