@@ -250,18 +250,25 @@ def batch_flip_lr(images, generator=None):
 
 def batch_crop(images, size, generator=None):
     """A random size x size crop of each (padded) image: an independent shift in [-r, r]
-    per axis per image, r = (side - size) // 2. Rows first, then columns."""
-    r = (images.size(-1) - size) // 2
-    shifts = torch.randint(-r, r + 1, size=(len(images), 2), device=images.device, generator=generator)
-    rows = torch.empty((len(images), images.size(1), size, images.size(-1)), device=images.device, dtype=images.dtype)
-    for s in range(-r, r + 1):
-        mask = shifts[:, 0] == s
-        rows[mask] = images[mask, :, r + s:r + s + size, :]
-    out = torch.empty((len(images), images.size(1), size, size), device=images.device, dtype=images.dtype)
-    for s in range(-r, r + 1):
-        mask = shifts[:, 1] == s
-        out[mask] = rows[mask, :, :, r + s:r + s + size]
-    return out
+    per axis per image, r = (side - size) // 2, drawn as one (N, 2) randint (rows, columns);
+    all crops are one gather."""
+    n, c, r = len(images), images.size(1), (images.size(-1) - size) // 2
+    shifts = torch.randint(-r, r + 1, size=(n, 2), device=images.device, generator=generator)
+    offsets = torch.arange(size, device=images.device)
+    rows = (r + shifts[:, 0]).view(n, 1, 1, 1) + offsets.view(1, 1, size, 1)
+    cols = (r + shifts[:, 1]).view(n, 1, 1, 1) + offsets.view(1, 1, 1, size)
+    batch = torch.arange(n, device=images.device).view(n, 1, 1, 1)
+    return images[batch, torch.arange(c, device=images.device).view(1, c, 1, 1), rows, cols]
+
+
+def batch_color_jitter(images, brightness, contrast, generator=None):
+    """Per image, one brightness shift b uniform in [-brightness, brightness] and one contrast
+    factor g uniform in [1 - contrast, 1 + contrast] (drawn in that order, in the images' dtype),
+    shared by all channels and pixels: x -> (x + b) * g, shift first, then scale."""
+    shape = (len(images), 1, 1, 1)
+    shift = (torch.rand(shape, device=images.device, dtype=images.dtype, generator=generator) * 2 - 1) * brightness
+    scale = (torch.rand(shape, device=images.device, dtype=images.dtype, generator=generator) * 2 - 1) * contrast + 1
+    return (images + shift) * scale
 
 
 def batch_cutout(images, size, generator=None):
@@ -285,8 +292,9 @@ class CifarLoader:
     aug: flip ('alternating': epoch 0 mirrors a random half, every later epoch mirrors every
     image relative to the epoch before; 'random': each image mirrored with p=0.5, drawn anew every
     epoch; 'none'), translate r (reflect-pad r once, then a random crop per image per epoch),
-    cutout s (one zeroed s x s square per image per epoch, after cropping and flipping, in
-    normalised space). Training loaders (train=True) reshuffle every epoch and drop the last
+    brightness, contrast (batch_color_jitter per image per epoch, after cropping and flipping, in
+    normalised space; off unless one of them is above 0, and then both are drawn), cutout s (one
+    zeroed s x s square per image per epoch, after the jitter, in normalised space). Training loaders (train=True) reshuffle every epoch and drop the last
     partial batch, unless shuffle or drop_last say otherwise. Random draws come from `generator`
     (a torch.Generator on the device), else torch's global RNG.
     """
@@ -299,9 +307,10 @@ class CifarLoader:
         self.labels = split['labels'].to(dev.torch_device)
         self.classes = split['classes']
         self.aug = dict(aug or {})
-        unknown = set(self.aug) - {'flip', 'translate', 'cutout'}
+        unknown = set(self.aug) - {'flip', 'translate', 'brightness', 'contrast', 'cutout'}
         if unknown or self.aug.get('flip', 'none') not in ('alternating', 'random', 'none'):
-            raise ValueError(f'bad augmentation {self.aug}: use flip (alternating, random, none), translate, cutout')
+            raise ValueError(f'bad augmentation {self.aug}: use flip (alternating, random, none), translate, '
+                             'brightness, contrast, cutout')
         self.batch_size = batch_size
         self.drop_last = train if drop_last is None else drop_last
         self.shuffle = train if shuffle is None else shuffle
@@ -323,6 +332,7 @@ class CifarLoader:
     def next_epoch(self):
         """Augments every image for the coming epoch; returns (images, labels, order)."""
         flip, pad, cutout = self.aug.get('flip', 'none'), self.aug.get('translate', 0), self.aug.get('cutout', 0)
+        brightness, contrast = self.aug.get('brightness', 0), self.aug.get('contrast', 0)
         if self.epoch == 0:
             base = self.normalize(self.images)
             if flip == 'alternating':
@@ -333,6 +343,8 @@ class CifarLoader:
             images = images.flip(-1)
         elif flip == 'random':
             images = batch_flip_lr(images, self.generator)
+        if brightness > 0 or contrast > 0:
+            images = batch_color_jitter(images, brightness, contrast, self.generator)
         if cutout > 0:
             images = batch_cutout(images, cutout, self.generator)
         images = images.contiguous(memory_format=self.dev.memory_format)
