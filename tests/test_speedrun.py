@@ -1,11 +1,15 @@
-"""The loader features of the speedrun (hiverge's cifar10-speedrun), in every script's loader: the
-vectorised crop (the same draws and images as the loop it replaced) and the brightness/contrast
-jitter (off unless asked for)."""
+"""airbench94_speedrun.py (hiverge's cifar10-speedrun, docs/method.md §5) and the loader features it
+brought to every script: the vectorised crop (the same draws and images as the loop it replaced)
+and the brightness/contrast jitter (off unless asked for)."""
+import copy
+import math
+import types
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import load_script
+from conftest import TINY, load_script, log_dir_of, no_traceback, read_log, run_script
 
 
 @pytest.fixture(scope='module')
@@ -128,3 +132,264 @@ def test_the_jitters_distribution_per_image_and_redrawn_every_epoch(ab94, cpu):
             assert ((values - centre).abs() < half / 2).double().mean() == pytest.approx(0.5, abs=0.03)
         shifts.append(shift)
     assert abs(torch.corrcoef(torch.stack(shifts))[0, 1]) < 0.1  # redrawn every epoch
+
+
+# ================================================================ airbench94_speedrun
+
+
+@pytest.fixture(scope='module')
+def sr():
+    return load_script('airbench94_speedrun')
+
+
+def tiny(hyp, **opt):
+    hyp = copy.deepcopy(hyp)
+    hyp['net']['widths'] = {'block1': 16, 'block2': 32, 'block3': 32}
+    hyp['opt'].update(opt)
+    return hyp
+
+
+# the steps (1-based) at which the original renormalises: 2 + floor(15 x step / 243) since the last time
+RENORM_STEPS = [2, 4, 6, 8, 10, 12, 14, 16, 19, 22, 25, 28, 31, 35, 39, 43, 47, 52, 57, 62, 68, 74, 80, 87, 94,
+                102, 110, 119, 128, 138, 149, 160, 172, 185, 199, 214, 230]
+COEFFICIENTS = (3.4576, -4.7391, 2.0843)
+
+
+def test_the_hyperparameters_and_243_steps(sr):
+    o, a, n = sr.hyp['opt'], sr.hyp['aug'], sr.hyp['net']
+    assert (o['batch_size'], o['train_epochs'], o['whiten_bias_epochs']) == (1536, 7.59, 0.19)
+    assert sr.train_steps(o, 50000) == 243 and 50000 // 1536 == 32 and math.ceil(0.19 * 32) == 7
+    assert math.ceil(o['train_epochs']) == 8  # 7 full epochs and 19 steps of the 8th
+    assert (o['filter_lr'], o['filter_momentum'], o['bias_lr'], o['head_lr'], o['momentum']) == \
+        (0.205, 0.655, 0.0573, 0.5415, 0.825)
+    assert (o['weight_decay'], o['label_smoothing'], o['ns_steps']) == (1.0418e-6, 0.09, 3)
+    assert tuple(o['ns_coefficients']) == COEFFICIENTS and o['ns_eps'] == 1e-5
+    assert o['ns_magnitude'] == [0.5012, 0.0786] and (o['renorm_every'], o['renorm_every_growth']) == (2, 15)
+    assert a == {'flip': 'alternating', 'translate': 2, 'brightness': 0.1399, 'contrast': 0.1308, 'cutout': 0}
+    assert (n['whiten_images'], n['whiten_eps'], n['tta_fraction'], n['batchnorm_momentum']) == (960, 5e-4, 0.25, 0.5566)
+
+    net = sr.make_net(sr.hyp)
+    assert isinstance(net[1], torch.nn.GELU) and net[-1].scale == 1 / 256
+    groups = [m for m in net if isinstance(m, sr.ConvGroup)]
+    assert len(groups) == 3 and all(isinstance(g.activ, torch.nn.SiLU) for g in groups)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 6 and all(m.momentum == pytest.approx(0.4434) and m.eps == 1e-12 for m in norms)
+    assert net[-2].weight.std().item() == pytest.approx(1.0, rel=1e-5) and not net[0].weight.requires_grad
+
+    sgd, muon = sr.make_optimizers(net, o, sr.Device('cpu'), 243)
+    wd = 1.0418e-6 * 1536
+    assert [g['lr'] for g in sgd.param_groups] == [0.0573, 0.0573, 0.5415]
+    assert [len(g['params']) for g in sgd.param_groups] == [1, 6, 1]
+    assert all(g['weight_decay'] * g['lr'] == pytest.approx(wd) for g in sgd.param_groups)
+    assert sgd.defaults['momentum'] == 0.825 and sgd.defaults['nesterov']
+    m = muon.param_groups[0]
+    assert (m['lr'], m['momentum'], m['weight_decay'], len(m['params'])) == (0.205, 0.655, pytest.approx(wd), 6)
+
+
+def test_the_cuda_precision_is_the_originals_and_elsewhere_the_familys(sr):
+    """On CUDA every module is fp16, BatchNorm too, and Newton-Schulz runs in fp16; a CPU keeps fp32
+    weights and BatchNorm. (A stand-in for a CUDA device: the same calls, on the CPU.)"""
+    cuda = types.SimpleNamespace(type='cuda', torch_device=torch.device('cpu'), autocast_dtype=None)
+    net = sr.prepare_net(sr.make_net(tiny(sr.hyp)), cuda)
+    assert {t.dtype for t in [*net.parameters(), *net.buffers()] if t.is_floating_point()} == {torch.float16}
+    assert net[2].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert sr.make_optimizers(net, sr.hyp['opt'], cuda, 243)[1].ns[-1] == torch.float16
+    dev = sr.Device('cpu')
+    net = sr.prepare_net(sr.make_net(tiny(sr.hyp)), dev)
+    assert {t.dtype for t in [*net.parameters(), *net.buffers()] if t.is_floating_point()} == {torch.float32}
+    assert sr.make_optimizers(net, sr.hyp['opt'], dev, 243)[1].ns[-1] == (dev.autocast_dtype or torch.float32)
+
+
+def newton_schulz_alone(g, t, eps=1e-5):
+    """Newton-Schulz of one matrix, in float64, as the facts describe it (independently of the script)."""
+    x = g.double() * (t / (g.double().norm() + eps))
+    x = x / (x.norm() + eps)
+    a, b, c = COEFFICIENTS
+    tall = x.size(0) > x.size(1)
+    x = x.T if tall else x
+    for _ in range(3):
+        A = x @ x.T
+        x = a * x + (b * A + c * A @ A) @ x
+    return x.T if tall else x
+
+
+def test_the_padded_stack_equals_newton_schulz_per_matrix(sr):
+    """The six filter shapes of the net (out x in*9 up to 256 x 2304) plus a tall one, zero-padded
+    into one stack: each slice comes out as its matrix alone would."""
+    torch.manual_seed(0)
+    shapes = [(64, 24), (64, 64), (256, 64), (256, 256), (256, 256), (256, 256), (300, 2)]
+    updates = [torch.randn(o, i, 3, 3, dtype=torch.float64) * (1 + k) for k, (o, i) in enumerate(shapes)]
+    step, total = 100, 243
+    t = 0.5012 * (1 - step / total) + 0.0786 * step / total
+    out = sr.newton_schulz_stack(updates, step, total, 3, COEFFICIENTS, 1e-5, (0.5012, 0.0786), 16, torch.float64)
+    for u, o in zip(updates, out):
+        assert o.shape == u.shape and o.dtype == torch.float64
+        expected = newton_schulz_alone(u.reshape(len(u), -1), t).reshape(u.shape)
+        assert torch.allclose(o, expected, rtol=0, atol=1e-10), (u.shape, (o - expected).abs().max())
+
+
+def test_one_muon_step_by_hand(sr):
+    """Momentum, Nesterov, the renormalisation (norms before the update), the update and the decoupled
+    weight decay after it, over the first three steps (the second renormalises)."""
+    torch.manual_seed(1)
+    w0 = torch.randn(8, 4, 3, 3, dtype=torch.float64)
+    grads = [torch.randn_like(w0) for _ in range(3)]
+    p = torch.nn.Parameter(w0.clone())
+    opt = sr.Muon([p], lr=0.1, momentum=0.655, weight_decay=0.3, total_steps=243, renorm_every=2,
+                  renorm_every_growth=15, renorm_eps=1e-7, ns_steps=3, ns_coefficients=COEFFICIENTS, ns_eps=1e-5,
+                  ns_magnitude=(0.5012, 0.0786), ns_pad_multiple=16, ns_dtype=torch.float64)
+    w, buf = w0.clone(), torch.zeros_like(w0)
+    for step, g in enumerate(grads, 1):
+        p.grad = g.clone()
+        opt.step()
+        buf = 0.655 * buf + g
+        u = g + 0.655 * buf
+        if step == 2:
+            w = w * math.sqrt(8) / (w.norm() + 1e-7)
+        t = 0.5012 * (1 - step / 243) + 0.0786 * step / 243
+        w = w - 0.1 * newton_schulz_alone(u.reshape(8, -1), t).reshape(w.shape)
+        w = w * (1 - 0.1 * 0.3)
+        assert torch.allclose(p.detach(), w, rtol=0, atol=1e-10), step
+    assert opt.renorm_steps == [2]
+
+
+def test_the_renormalisation_schedule_37_of_243_steps(sr):
+    """With lr 0 a step only renormalises: double the weight before every step and see when it comes back."""
+    p = torch.nn.Parameter(torch.randn(4, 2, 3, 3))
+    opt = sr.make_muon([p], tiny(sr.hyp, filter_lr=0.0)['opt'], 243, torch.float32)
+    seen = []
+    for step in range(1, 244):
+        with torch.no_grad():
+            p.mul_(2)
+        p.grad = torch.randn_like(p)
+        opt.step()
+        if p.norm().item() == pytest.approx(2.0, rel=1e-5):  # sqrt(out_channels) = 2
+            seen.append(step)
+    assert seen == opt.renorm_steps == RENORM_STEPS and len(seen) == 37
+
+
+def test_training_243_steps_with_the_originals_schedules(sr, data, monkeypatch):
+    """Batches of 62 from 2,000 images: 32 steps per epoch, the real run's step counts. Every group's lr
+    at every step, the whitening bias frozen after 7 steps, Muon renormalising at the original's 37 steps."""
+    hyp = tiny(sr.hyp, batch_size=62)
+    hyp['net']['widths'] = {'block1': 8, 'block2': 16, 'block3': 16}
+    seen, make = [], sr.make_optimizers
+
+    def recording(*args, **kwargs):
+        sgd, muon = make(*args, **kwargs)
+        step = sgd.step
+
+        def recorded_step(*a, **k):
+            seen.append(([g['lr'] for g in sgd.param_groups] + [muon.param_groups[0]['lr']],
+                         sgd.param_groups[0]['params'][0].grad is not None))
+            return step(*a, **k)
+        sgd.step = recorded_step
+        return sgd, muon
+    monkeypatch.setattr(sr, 'make_optimizers', recording)
+    dev = sr.Device('cpu')
+    train_loader, test_loader = sr.make_loaders(hyp, dev, data)
+    model, record = sr.train(hyp, dev, train_loader, test_loader, seed=0, verbose=False)
+    assert record['steps'] == len(seen) == 243 and len(record['epochs']) == 8
+    assert record['renorm_steps'] == RENORM_STEPS
+    initial = [0.0573, 0.0573, 0.5415, 0.205]
+    for step, (lrs, _) in enumerate(seen):
+        bias, rest = max(0.0, 1 - step / 7), 1 - step / 243
+        assert lrs == pytest.approx([initial[0] * bias] + [lr * rest for lr in initial[1:]]), step
+    assert [has_grad for _, has_grad in seen] == [True] * 7 + [False] * 236
+    assert not model[0].bias.requires_grad and train_loader.epoch == 8
+
+
+def test_svd_whitening_is_eigh_whitening_up_to_order_and_sign(sr):
+    mu = load_script('airbench94_muon')
+    torch.manual_seed(2)
+    # noise mixed across channels and neighbours by a random filter: a patch covariance with distinct
+    # eigenvalues, 1e-3 to 4e-3, so that the eps of 5e-4 matters
+    images = 0.01 * (F.conv2d(torch.randn(300, 3, 34, 34), torch.randn(3, 3, 3, 3)) + 0.3)
+    svd = sr.whitening_filters(images, 2, 5e-4).flatten(1).double()
+    eigh = mu.whitening_filters(images, 2, 5e-4).flatten(1).double()
+    assert svd.shape == eigh.shape == (24, 12)
+    distance = torch.cdist(svd, eigh) / svd.norm(dim=1, keepdim=True)
+    match = distance.argmin(1)
+    assert sorted(match.tolist()) == list(range(24)) and distance.min(1).values.max() < 1e-3
+    norms = svd[:12].norm(dim=1)  # 1 / sqrt(singular value + eps): largest singular value first
+    assert (norms[1:] >= norms[:-1]).all()
+
+
+def test_selective_tta_gives_the_least_confident_quarter_6_equal_views(sr):
+    fp32 = sr.Device('cpu')
+    fp32.autocast_dtype = None  # so that the reference below computes the same numbers
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    loader = sr.CifarLoader(random_split(40, seed=4), fp32, 8, train=False)
+    plain, logits = sr.infer(model, loader, tta_fraction=0.25, eval_batch_size=7)
+    x = loader.normalize(loader.images)
+    with torch.no_grad():
+        assert torch.allclose(plain, model(x), atol=1e-5)
+        padded = F.pad(x, (1,) * 4, 'reflect')
+        views = [x, padded[..., 0:32, 0:32], padded[..., 2:34, 2:34]]
+        views += [v.flip(-1) for v in views]
+        six = sum(model(v) for v in views) / 6
+    changed = (logits != plain).any(1)
+    assert int(changed.sum()) == 10  # int(0.25 x 40)
+    confidence = plain.softmax(1).amax(1)
+    assert confidence[changed].max() < confidence[~changed].min()  # exactly the least confident
+    assert torch.allclose(logits[changed], six[changed], atol=1e-5)
+    assert torch.equal(logits[~changed], plain[~changed])
+    assert torch.equal(sr.infer(model, loader, tta_fraction=0.0)[1], sr.infer(model, loader)[0])
+    everything = sr.infer(model, loader, tta_fraction=1.0)[1]
+    assert torch.allclose(everything, six, atol=1e-5)
+
+
+def test_train_returns_the_model_its_evaluation_callbacks_and_a_seed(sr, data):
+    hyp, dev = tiny(sr.hyp, batch_size=200, train_epochs=2.0), sr.Device('cpu')
+    train_loader, test_loader = sr.make_loaders(hyp, dev, data)
+    seen = []
+    model, record = sr.train(hyp, dev, train_loader, test_loader, seed=3, verbose=False,
+                             callback=lambda model, epoch: seen.append(epoch))
+    assert record['steps'] == 20 and record['seed'] == 3 and seen == record['epochs'] and len(seen) == 2
+    assert record['tta_val_acc'] > 0.3 and all(e['val_acc'] is None for e in seen)
+    assert sr.evaluate(model, test_loader, hyp['net']['tta_fraction']) == pytest.approx(record['tta_val_acc'], abs=0.004)
+    assert sr.evaluate(model, test_loader) == pytest.approx(record['val_acc'], abs=0.004)
+    again = sr.train(hyp, dev, train_loader, test_loader, seed=3, verbose=False)[1]  # no callback: one interval
+    assert again['epochs'] == record['epochs'] and again['tta_val_acc'] == record['tta_val_acc']
+
+
+def test_the_warmup_trains_on_noise(sr, data, cpu):
+    torch.manual_seed(0)
+    train_loader, test_loader = sr.make_loaders(sr.hyp, cpu, data)
+    sr.noise_loaders(train_loader, test_loader)
+    for images in (train_loader.images, test_loader.images):
+        assert abs(images.mean()) < 0.01 and images.std() == pytest.approx(1, abs=0.01)
+    assert (test_loader.labels.bincount(minlength=10) > 20).all()
+    assert (test_loader.labels != data['test']['labels']).float().mean() > 0.8
+
+
+def test_a_nan_loss_is_named_after_the_run(sr, data, monkeypatch):
+    real, calls = F.cross_entropy, [0]
+
+    def cross_entropy(*args, **kwargs):
+        calls[0] += 1
+        out = real(*args, **kwargs)
+        return out * float('nan') if calls[0] == 13 else out
+    monkeypatch.setattr(F, 'cross_entropy', cross_entropy)
+    hyp, dev = tiny(sr.hyp, batch_size=200, train_epochs=3.0), sr.Device('cpu')
+    with pytest.raises(sr.TrainingDiverged, match=r'NaN or infinite at step 13 of 30 \(run 2, epoch 2\)'):
+        sr.train(hyp, dev, *sr.make_loaders(hyp, dev, data), run=2, verbose=False)
+
+
+def test_default_run_count(sr, monkeypatch):
+    monkeypatch.setattr(sr, 'benchmark', lambda args, *rest: args)
+    assert sr.main([]).runs == 200
+
+
+def test_end_to_end_with_its_warmup(cifar_dir, tmp_path):
+    proc = run_script('airbench94_speedrun', '--data-dir', cifar_dir, '--log-dir', str(tmp_path), '--runs', '1',
+                      '--seed', '0', *TINY)
+    no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith('|')]
+    assert len(rows) == 1 + 2 * 4  # head, then warmup and run 1: 3 epochs + eval
+    log = read_log(log_dir_of(proc.stdout))
+    run = log['runs'][0]
+    assert log['status'] == 'complete' and run['tta_val_acc'] > 0.5 and run['steps'] == 30
+    assert run['renorm_steps'] == [3, 9, 21] and log['summary']['n'] == 1  # 2 + floor(15 x step / 30) apart

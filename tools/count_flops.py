@@ -24,6 +24,7 @@ ROWS = [
     ('airbench96.py', [], 4.9, 'paper, Table 3'),
     ('airbench96.py', ['opt.train_epochs=40', 'net.widths.block2=512'], 7.2, "paper's first airbench96"),
     ('airbench94_muon.py', [], 0.29, 'airbench repository README'),
+    ('airbench94_speedrun.py', [], None, 'none published (hiverge/cifar10-speedrun gives times only)'),
     ('airbench96_faster.py', [], 3.1, 'airbench repository README'),
     # the ablation ladder (ablations/README.md; published TFLOPs of the original ladder's table)
     ('ablations/train_resnet18.py', [], 4.350, 'original ablation table'),

@@ -55,6 +55,8 @@ CARRIED = {
     # Muon: no lookahead, its own lr schedules and optimizers
     'airbench94_muon.py': tuple(b for b in SGD_FAMILY if b not in ('lookahead', 'schedule', 'optimizer')) + ('reinit',),
     'airbench96_faster.py': SGD_FAMILY + ('reinit',),
+    # the speedrun: its own SVD whitening, Muon, lr schedules, optimizers and selective TTA
+    'airbench94_speedrun.py': ('loader', 'batchnorm', 'conv', 'mul', 'steps', 'reinit'),
 }
 # the ablation ladder (issue 10): one entry per rung
 _NO_FEATURES = tuple(b for b in SGD_FAMILY if b not in ('conv', 'whitening', 'lookahead'))  # main0's blocks
