@@ -632,7 +632,7 @@ def tta_views(images):
     return views + [v.flip(-1) for v in views]
 
 
-def infer(model, loader, tta_fraction=0.0, eval_batch_size=2000):
+def selective_tta(model, loader, tta_fraction, eval_batch_size=2000):
     """(plain logits, TTA logits) of every image of the loader, in order, fp32. One plain pass; then
     the int(tta_fraction x N) images of lowest max softmax probability get the mean of their 6
     views' logits, equally weighted; the others keep their plain logits."""
@@ -652,8 +652,13 @@ def infer(model, loader, tta_fraction=0.0, eval_batch_size=2000):
     return plain, logits
 
 
+def infer(model, loader, tta_fraction=0.0, eval_batch_size=2000):
+    """Logits for every image of the loader, in order, under selective TTA (0: the plain pass)."""
+    return selective_tta(model, loader, tta_fraction, eval_batch_size)[1]
+
+
 def evaluate(model, loader, tta_fraction=0.0):
-    logits = infer(model, loader, tta_fraction)[1]
+    logits = infer(model, loader, tta_fraction)
     return (logits.argmax(1) == loader.labels).float().mean().item()
 
 #############################################
@@ -834,7 +839,7 @@ def train(hyp, dev, train_loader, test_loader=None, seed=None, run=0, verbose=Tr
             timer.__enter__()
     val_acc = tta_val_acc = None
     if test_loader is not None:
-        plain, logits = infer(compiled, test_loader, n['tta_fraction'])
+        plain, logits = selective_tta(compiled, test_loader, n['tta_fraction'])
         hits = torch.stack([(x.argmax(1) == test_loader.labels).float().mean() for x in (plain, logits)])
     timer.__exit__()
 

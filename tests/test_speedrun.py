@@ -321,7 +321,7 @@ def test_selective_tta_gives_the_least_confident_quarter_6_equal_views(sr):
     torch.manual_seed(3)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
     loader = sr.CifarLoader(random_split(40, seed=4), fp32, 8, train=False)
-    plain, logits = sr.infer(model, loader, tta_fraction=0.25, eval_batch_size=7)
+    plain, logits = sr.selective_tta(model, loader, tta_fraction=0.25, eval_batch_size=7)
     x = loader.normalize(loader.images)
     with torch.no_grad():
         assert torch.allclose(plain, model(x), atol=1e-5)
@@ -335,8 +335,9 @@ def test_selective_tta_gives_the_least_confident_quarter_6_equal_views(sr):
     assert confidence[changed].max() < confidence[~changed].min()  # exactly the least confident
     assert torch.allclose(logits[changed], six[changed], atol=1e-5)
     assert torch.equal(logits[~changed], plain[~changed])
-    assert torch.equal(sr.infer(model, loader, tta_fraction=0.0)[1], sr.infer(model, loader)[0])
-    everything = sr.infer(model, loader, tta_fraction=1.0)[1]
+    assert torch.allclose(sr.infer(model, loader, tta_fraction=0.25), logits, atol=1e-5)
+    assert torch.allclose(sr.infer(model, loader), plain, atol=1e-5)  # tta_fraction 0: the plain pass
+    everything = sr.infer(model, loader, tta_fraction=1.0)
     assert torch.allclose(everything, six, atol=1e-5)
 
 
