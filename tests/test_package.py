@@ -323,11 +323,13 @@ def test_evaluate_equals_the_scripts_own_evaluation(name, cifar_dir):
 def test_infer_gives_every_images_logits_in_order(loader200):
     torch.manual_seed(0)
     net = airbench.train94(loader200, epochs=1, make_net=tiny_net(airbench.make_net94), verbose=False)
-    logits = airbench.infer(net, loader200)  # a shuffling loader that drops its last batch: all 2000, in order
+    shuffled = airbench.CifarLoader(loader200.data_dir, batch_size=300, aug=dict(flip=True), device='cpu')
+    logits = airbench.infer(net, shuffled)  # a loader that shuffles and drops its last 200: all 2000, in order
     assert logits.shape == (2000, 10) and logits.dtype == torch.float32
     with torch.no_grad(), loader200.dev.autocast():
         direct = torch.cat([net(x).float() for x in loader200.normalize(loader200.images).split(100)])
     assert torch.allclose(logits, direct, atol=1e-2, rtol=0)
+    assert torch.allclose(airbench.infer(net, shuffled, eval_batch_size=700), direct, atol=1e-2, rtol=0)  # 3 chunks
     test, changed = (airbench.CifarLoader(loader200.data_dir, train=False, device='cpu') for _ in range(2))
     changed.images, changed.labels = changed.images.flip(0), changed.labels.flip(0)  # the images in reverse order
     assert torch.allclose(airbench.infer(net, changed, tta_level=2), airbench.infer(net, test, tta_level=2).flip(0),
