@@ -23,6 +23,7 @@ import torch
 
 import airbench94
 import airbench94_muon
+import airbench94_speedrun
 import airbench95
 import airbench96
 import airbench96_faster
@@ -35,7 +36,7 @@ Device = airbench94.Device
 UserError = airbench94.UserError                # a ValueError: bad input, one sentence
 TrainingDiverged = airbench94.TrainingDiverged  # an ArithmeticError: the loss became NaN or infinite
 
-SCRIPTS = (airbench94, airbench94_muon, airbench95, airbench96, airbench96_faster)
+SCRIPTS = (airbench94, airbench94_muon, airbench94_speedrun, airbench95, airbench96, airbench96_faster)
 
 # train93: airbench94's method with 11 epochs and widths 64/128/128 (the original package's
 # lib_airbench93.py: "93.00 in n=50"; everything else is airbench94's).
@@ -53,6 +54,8 @@ MUON_ARGS = {'epochs': 'opt.train_epochs', 'label_smoothing': 'opt.label_smoothi
              'momentum': 'opt.momentum', 'weight_decay': 'opt.weight_decay',
              'whiten_bias_epochs': 'opt.whiten_bias_epochs', 'tta_level': 'net.tta_level'}
 FASTER_ARGS = {**SGD_ARGS, 'batch_size_masked': 'opt.batch_size_masked', 'proxy_every': 'opt.proxy_every'}
+SPEEDRUN_ARGS = {**{k: v for k, v in MUON_ARGS.items() if k != 'tta_level'}, 'tta_fraction': 'net.tta_fraction'}
+AUG_KEYS = ('translate', 'brightness', 'contrast', 'cutout')  # beside flip: the scripts' loader's keys
 
 
 def default_data_dir():
@@ -103,13 +106,15 @@ def with_overrides(script, base, values, where):
 
 def loader_aug(aug, altflip, where):
     """The original's aug dict as the scripts' loader takes it: flip=True is a random flip per image per
-    epoch, or the alternating flip with altflip=True; flip may also name the scripts' kind directly."""
+    epoch, or the alternating flip with altflip=True; flip may also name the scripts' kind directly.
+    Beside the original's translate and cutout, the loader's brightness and contrast jitter (the speedrun's)."""
     aug = {} if aug is None else aug
     if not isinstance(aug, dict):
         raise UserError(f'{where}: aug={aug!r} is not a dict, e.g. dict(flip=True, translate=2)')
-    unknown = sorted(map(str, set(aug) - {'flip', 'translate', 'cutout'}))
+    unknown = sorted(map(str, set(aug) - {'flip', *AUG_KEYS}))
     if unknown:
-        raise UserError(f"{where}: aug has unknown keys {', '.join(unknown)}: it takes flip, translate and cutout")
+        raise UserError(f"{where}: aug has unknown keys {', '.join(unknown)}: it takes flip, translate, cutout, "
+                        'brightness and contrast')
     flip = aug.get('flip', False)
     if flip in ('alternating', 'random', 'none'):
         kind = flip
@@ -117,9 +122,9 @@ def loader_aug(aug, altflip, where):
         kind = ('alternating' if altflip else 'random') if flip else 'none'
     else:
         raise UserError(f"{where}: aug flip={flip!r} must be True, False, 'alternating', 'random' or 'none'")
-    values = {f'aug.{k}': (f"aug['{k}']", aug[k]) for k in ('translate', 'cutout') if k in aug}
-    checked = with_overrides(airbench94, airbench94.hyp, values, where)['aug']  # the scripts' limits
-    return {'flip': kind, **{k: checked[k] for k in ('translate', 'cutout') if k in aug}}
+    values = {f'aug.{k}': (f"aug['{k}']", aug[k]) for k in AUG_KEYS if k in aug}
+    checked = with_overrides(airbench94_speedrun, airbench94_speedrun.hyp, values, where)['aug']  # its hyp has all
+    return {'flip': kind, **{k: checked[k] for k in AUG_KEYS if k in aug}}
 
 
 def CifarLoader(path, train=True, batch_size=500, aug=None, drop_last=None, shuffle=None, altflip=False,
@@ -258,7 +263,7 @@ def make_net96(widths=dict(airbench96.hyp['net']['widths']),
 
 
 _o93, _o94, _o95, _o96 = HYP93['opt'], airbench94.hyp['opt'], airbench95.hyp['opt'], airbench96.hyp['opt']
-_om, _of = airbench94_muon.hyp['opt'], airbench96_faster.hyp['opt']
+_om, _of, _os = airbench94_muon.hyp['opt'], airbench96_faster.hyp['opt'], airbench94_speedrun.hyp['opt']
 _t = {name: s.hyp['net']['tta_level'] for name, s in (('94', airbench94), ('95', airbench95), ('96', airbench96),
                                                       ('m', airbench94_muon), ('f', airbench96_faster))}
 _SGD_NO_SCHEDULE = {k: v for k, v in SGD_ARGS.items() if k not in ('lr_peak', 'lr_end')}
@@ -306,6 +311,16 @@ def train94_muon(train_loader=None, epochs=_om['train_epochs'], label_smoothing=
     return run_training(airbench94_muon, airbench94_muon.hyp, 'train94_muon', MUON_ARGS, locals())
 
 
+def train94_speedrun(train_loader=None, epochs=_os['train_epochs'], label_smoothing=_os['label_smoothing'],
+                     filter_lr=_os['filter_lr'], filter_momentum=_os['filter_momentum'], bias_lr=_os['bias_lr'],
+                     head_lr=_os['head_lr'], momentum=_os['momentum'], weight_decay=_os['weight_decay'],
+                     whiten_bias_epochs=_os['whiten_bias_epochs'],
+                     tta_fraction=airbench94_speedrun.hyp['net']['tta_fraction'], run=0, verbose=True, *,
+                     seed=None, device=None, test_loader=None, callback=None):
+    """airbench94_speedrun.train (its selective TTA on the test loader); returns the trained net."""
+    return run_training(airbench94_speedrun, airbench94_speedrun.hyp, 'train94_speedrun', SPEEDRUN_ARGS, locals())
+
+
 def train96_faster(train_loader=None, epochs=_of['train_epochs'], label_smoothing=_of['label_smoothing'],
                    learning_rate=_of['lr'], bias_scaler=_of['bias_scaler'], momentum=_of['momentum'],
                    weight_decay=_of['weight_decay'], whiten_bias_epochs=_of['whiten_bias_epochs'],
@@ -341,6 +356,11 @@ def warmup94_muon(*args, **kwargs):
     return train94_muon(*args, run=-1, **kwargs)
 
 
+def warmup94_speedrun(*args, **kwargs):
+    """train94_speedrun(..., run=-1): one training step, no evaluation (not the script's noise warmup)."""
+    return train94_speedrun(*args, run=-1, **kwargs)
+
+
 def warmup96_faster(*args, **kwargs):
     """train96_faster(..., run=-1): one training step, no evaluation."""
     return train96_faster(*args, run=-1, **kwargs)
@@ -348,5 +368,5 @@ def warmup96_faster(*args, **kwargs):
 
 __all__ = ['CifarLoader', 'infer', 'evaluate', 'load_cifar10', 'Device', 'UserError', 'TrainingDiverged',
            'make_net93', 'make_net94', 'make_net95', 'make_net96', 'train93', 'train94', 'train95', 'train96',
-           'train94_muon', 'train96_faster', 'warmup93', 'warmup94', 'warmup95', 'warmup96', 'warmup94_muon',
-           'warmup96_faster']
+           'train94_muon', 'train94_speedrun', 'train96_faster', 'warmup93', 'warmup94', 'warmup95', 'warmup96',
+           'warmup94_muon', 'warmup94_speedrun', 'warmup96_faster']

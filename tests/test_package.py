@@ -20,6 +20,7 @@ sys.path.insert(0, str(REPO))  # the package, also where the project is not inst
 import airbench  # noqa: E402
 import airbench94  # noqa: E402
 import airbench94_muon  # noqa: E402
+import airbench94_speedrun  # noqa: E402
 import airbench95  # noqa: E402
 import airbench96  # noqa: E402
 import airbench96_faster  # noqa: E402
@@ -237,6 +238,18 @@ def test_the_signatures_and_defaults_are_the_originals():
     assert inspect.signature(airbench.make_net94).parameters['widths'].default == {'block1': 64, 'block2': 256,
                                                                                      'block3': 256}
     assert list(inspect.signature(airbench.infer).parameters)[:3] == ['model', 'loader', 'tta_level']
+    # every train function's defaults are its script's hyperparameters
+    for train, script, base, names in (
+            (airbench.train93, airbench94, airbench.HYP93, airbench.SGD_ARGS), (airbench.train94, airbench94,
+            airbench94.hyp, airbench.SGD_ARGS), (airbench.train95, airbench95, airbench95.hyp, airbench.SGD_ARGS),
+            (airbench.train96, airbench96, airbench96.hyp, airbench.SGD_ARGS),
+            (airbench.train94_muon, airbench94_muon, airbench94_muon.hyp, airbench.MUON_ARGS),
+            (airbench.train94_speedrun, airbench94_speedrun, airbench94_speedrun.hyp, airbench.SPEEDRUN_ARGS),
+            (airbench.train96_faster, airbench96_faster, airbench96_faster.hyp, airbench.FASTER_ARGS)):
+        params = inspect.signature(train).parameters
+        hyp_args = [a for a in params if a in names]
+        assert hyp_args and all(params[a].default == script.leaves(base)[names[a]][0][names[a].split('.')[-1]]
+                                for a in hyp_args), train.__name__
 
 
 @pytest.fixture
@@ -260,6 +273,8 @@ def tiny_net(make_net):
      {'opt.filter_lr': 0.1, 'opt.head_lr': 0.5}),
     ('train96_faster', airbench96_faster, airbench96_faster.hyp, dict(batch_size_masked=100, proxy_every=2),
      {'opt.batch_size_masked': 100, 'opt.proxy_every': 2}),
+    ('train94_speedrun', airbench94_speedrun, airbench94_speedrun.hyp, dict(tta_fraction=0.5, whiten_bias_epochs=1),
+     {'net.tta_fraction': 0.5, 'opt.whiten_bias_epochs': 1.0}),
 ])
 def test_each_train_function_is_its_scripts_train(name, script, base, overrides, expected, loader200, monkeypatch):
     calls = []
@@ -386,7 +401,7 @@ def test_the_other_records_train_through_the_package(loader200):
     torch.manual_seed(0)
     for train, kwargs in ((airbench.train95, {'make_net': tiny_net(airbench.make_net95)}),
                           (airbench.train96, {'make_net': tiny_net(airbench.make_net96)}),
-                          (airbench.train93, {}), (airbench.train94_muon, {}),
+                          (airbench.train93, {}), (airbench.train94_muon, {}), (airbench.train94_speedrun, {}),
                           (airbench.train96_faster, {'batch_size_masked': 100})):
         seen = []
         net = train(loader200, epochs=1, verbose=False, callback=lambda m, e: seen.append(e), **kwargs)
@@ -414,6 +429,7 @@ def bad_calls(cifar_dir, tmp_path):
         (lambda: loader(aug=dict(translate=-1)), "aug['translate']=-1 is out of range"),
         (lambda: loader(aug=dict(cutout=2.5)), "aug['cutout']=2.5 is not an integer"),
         (lambda: loader(aug=[1]), 'is not a dict'),
+        (lambda: loader(aug=dict(brightness=-0.1)), "aug['brightness']=-0.1 is out of range: it must be >= 0"),
         (lambda: loader(shuffle='yes'), "shuffle='yes' must be None, True or False"),
         (lambda: airbench.CifarLoader(cifar_dir, batch_size=0), 'batch_size=0 is out of range: it must be at least 1'),
         (lambda: airbench.CifarLoader(cifar_dir, device='tpu'), "device='tpu' is not a device"),
