@@ -199,6 +199,8 @@ def test_the_public_names_are_the_scripts_own(cifar_dir):
     assert airbench.load_cifar10 is airbench94.load_cifar10 and airbench.Device is airbench94.Device
     assert airbench.UserError is airbench94.UserError and issubclass(airbench.UserError, ValueError)
     assert type(airbench.CifarLoader(cifar_dir, device='cpu')) is airbench94.CifarLoader
+    every = dict(flip=False, translate=1, brightness=0.1, contrast=0.2, cutout=4)  # the loader's every key
+    assert airbench.CifarLoader(cifar_dir, device='cpu', aug=every).aug == {**every, 'flip': 'none'}
     for make_net, script in ((airbench.make_net93, airbench94), (airbench.make_net94, airbench94),
                              (airbench.make_net95, airbench95), (airbench.make_net96, airbench96)):
         net = make_net(device='cpu')
