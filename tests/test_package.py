@@ -399,7 +399,7 @@ def test_warmup_trains_one_step_under_its_header(loader200, capsys):
 
 
 def test_the_other_records_train_through_the_package(loader200):
-    loader200.images, loader200.labels = loader200.images[:400], loader200.labels[:400]  # 2 steps per epoch
+    loader200.images, loader200.labels = loader200.images[:200], loader200.labels[:200]  # 1 step per epoch
     torch.manual_seed(0)
     for train, kwargs in ((airbench.train95, {'make_net': tiny_net(airbench.make_net95)}),
                           (airbench.train96, {'make_net': tiny_net(airbench.make_net96)}),
