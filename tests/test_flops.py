@@ -1,6 +1,7 @@
 """FLOPs per run: every script's count pinned to the recorded table (logs/flops-*.json, written by
 tools/count_flops.py --write) within 0.5%, and, separately, compared with the published figures."""
 import json
+import re
 import sys
 
 import pytest
@@ -10,7 +11,9 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / 'tools'))
 import count_flops  # noqa: E402
 
-RECORDED = json.loads(sorted((REPO / 'logs').glob('flops-*.json'))[-1].read_text())
+# the tool's own records, flops-<YYYYmmdd>.json (not other tables that share the prefix, like flops-train93-*.json)
+RECORDED = json.loads(sorted(p for p in (REPO / 'logs').glob('flops-*.json')
+                             if re.fullmatch(r'flops-\d{8}\.json', p.name))[-1].read_text())
 IDS = [f"{r['script']} {' '.join(r['overrides'])}".strip() for r in RECORDED]
 
 
