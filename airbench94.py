@@ -298,9 +298,10 @@ class CifarLoader:
     epoch; 'none'), translate r (reflect-pad r once, then a random crop per image per epoch),
     brightness, contrast (batch_color_jitter per image per epoch, after cropping and flipping, in
     normalised space; off unless one of them is above 0, and then both are drawn), cutout s (one
-    zeroed s x s square per image per epoch, after the jitter, in normalised space). Training loaders (train=True) reshuffle every epoch and drop the last
-    partial batch, unless shuffle or drop_last say otherwise. Random draws come from `generator`
-    (a torch.Generator on the device), else torch's global RNG.
+    zeroed s x s square per image per epoch, after the jitter, in normalised space). Training
+    loaders (train=True) reshuffle every epoch and drop the last partial batch, unless shuffle or
+    drop_last say otherwise. Random draws come from `generator` (a torch.Generator on the
+    device), else torch's global RNG.
     """
 
     def __init__(self, split, dev, batch_size=500, train=True, aug=None, drop_last=None, shuffle=None,
