@@ -65,7 +65,9 @@ def record_training(m, hyp, data, monkeypatch, runs=2):
     return per_run
 
 
-@pytest.mark.parametrize('name', ['airbench94', 'airbench95', 'airbench96', 'airbench94_compiled'])
+# airbench95's train() is airbench94's (tests/test_runs.py checks it) and so is its schedule, at its own
+# hyperparameters; airbench96's knots differ.
+@pytest.mark.parametrize('name', ['airbench94', 'airbench96', 'airbench94_compiled'])
 def test_schedule_groups_lookahead_and_bias_freeze_per_step(name, data, monkeypatch):
     m = load_script(name)
     hyp = copy.deepcopy(m.hyp)
