@@ -96,5 +96,19 @@ def data(cifar_dir):
     return load_script('airbench94').load_cifar10(cifar_dir)[0]
 
 
+@pytest.fixture(scope='session')
+def cpu(ab94):
+    """airbench94's Device('cpu'); every script's Device is the same shared block."""
+    return ab94.Device('cpu')
+
+
+def random_split(n, seed=0):
+    """n random uint8 images with random labels, in the form load_cifar10 returns a split."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    return {'images': torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=g),
+            'labels': torch.randint(0, 10, (n,), generator=g), 'classes': [str(i) for i in range(10)]}
+
+
 def no_traceback(proc):
     assert 'Traceback' not in proc.stderr and 'Traceback' not in proc.stdout, proc.stderr

@@ -5,22 +5,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import random_split
 
 
 @pytest.fixture(scope='module')
 def ab(ab94):
     return ab94
-
-
-@pytest.fixture(scope='module')
-def cpu(ab):
-    return ab.Device('cpu')
-
-
-def random_split(n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {'images': torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=g),
-            'labels': torch.randint(0, 10, (n,), generator=g), 'classes': [str(i) for i in range(10)]}
 
 
 # ---------------------------------------------------------------- augmentation

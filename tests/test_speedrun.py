@@ -9,18 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY, load_script, log_dir_of, no_traceback, read_log, run_script
-
-
-@pytest.fixture(scope='module')
-def cpu(ab94):
-    return ab94.Device('cpu')
-
-
-def random_split(n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {'images': torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=g),
-            'labels': torch.randint(0, 10, (n,), generator=g), 'classes': [str(i) for i in range(10)]}
+from conftest import TINY, load_script, log_dir_of, no_traceback, random_split, read_log, run_script
 
 
 # ================================================================ the loader (a shared block)
