@@ -702,8 +702,6 @@ def flops_per_run(hyp, n_train, n_test):
 #############################################
 #      Harness: the same in every script    #
 #############################################
-# The harness, not the method: data files, logs, command line, the invocation (warmup, runs, torchrun,
-# exit statuses). One shared block, the same in every script: read it once; only main() is the script's.
 
 #=== shared: harness
 import argparse
@@ -720,6 +718,7 @@ import shutil
 import signal
 import subprocess
 import tarfile
+import warnings
 import zlib
 
 import torch.distributed as dist
@@ -749,19 +748,23 @@ def check(where, fix, *rules):
             raise UserError(f'{where} holds {field} of {found}, expected {expected}: {fix}')
 
 
-def check_split(split, where, fix):
-    """split, if it holds dense uint8 (N, 32, 32, 3) images, int64 (N,) labels in range and class names."""
-    split = split if isinstance(split, dict) else {}
-    images, labels, classes = split.get('images'), split.get('labels'), split.get('classes')
+def read_cache(path):
+    """The split in a cache file, if dense uint8 (N, 32, 32, 3) images, int64 (N,) labels in 0..9 and 10 classes."""
+    fix = 'delete it and it will be rebuilt from the official files'
+    try:  # weights_only: tensors and plain data, never code
+        with warnings.catch_warnings():  # torch's warnings about a garbled file would only add noise to the error
+            warnings.simplefilter('ignore')
+            split = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise UserError(f'{path} cannot be read ({type(e).__name__}; truncated or corrupt?): {fix}') from None
+    images, labels, classes = map((split if isinstance(split, dict) else {}).get, ('images', 'labels', 'classes'))
     dense = [isinstance(x, torch.Tensor) and x.layout == torch.strided and x.is_contiguous() for x in (images, labels)]
     n = len(images) if dense[0] and images.dtype == torch.uint8 and images.shape[1:] == (32, 32, 3) else 0
-    check(where, fix, ('images', images, n > 0, 'a dense uint8 tensor of shape (N, 32, 32, 3)'),
-          ('labels', labels, dense[1] and labels.dtype == torch.int64 and labels.shape == (n,),
-           f'a dense int64 tensor of shape ({n},)'),
+    check(path, fix, ('images', images, n > 0, 'a dense uint8 tensor of shape (N, 32, 32, 3)'),
+          ('labels', labels, dense[1] and labels.dtype == torch.int64 and n > 0 and labels.shape == (n,)
+           and 0 <= labels.min() and labels.max() < NUM_CLASSES, f'a dense int64 tensor of shape ({n},) in 0..9'),
           ('classes', classes, isinstance(classes, list) and len(classes) == NUM_CLASSES
            and all(isinstance(c, str) for c in classes), f'a list of {NUM_CLASSES} class names'))
-    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
-        raise UserError(f'{where} has labels outside 0..{NUM_CLASSES - 1} ({labels.min()}..{labels.max()}): {fix}')
     return split
 
 
@@ -776,9 +779,9 @@ class OfficialUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def read_official(folder, origin):
+def read_official(folder, origin, fix):
     """The official python layout (pickled dicts of numpy arrays), each file checked on its own."""
-    fix, splits, classes = f'delete {folder} and extract cifar-10-python.tar.gz again', {'train': [], 'test': []}, []
+    splits, classes = {'train': [], 'test': []}, []  # what the files hold, filled in below
     for name in ['batches.meta'] + CIFAR_FILES:
         path = os.path.join(folder, name)
         try:
@@ -801,10 +804,11 @@ def read_official(folder, origin):
         rows = len(data) if getattr(data, 'dtype', '') == 'uint8' and getattr(data, 'shape', ())[1:] == (3072,) else -1
         check(path, fix, ('data', data, rows >= 0, 'a uint8 array of shape (N, 3072)'),
               ('labels', labels, isinstance(labels, list) and len(labels) == rows
-               and all(type(v) is int for v in labels), f'a list of {rows} integers'))
+               and all(type(v) is int and 0 <= v < NUM_CLASSES for v in labels),
+               f'a list of {rows} integers in 0..{NUM_CLASSES - 1}'))
         split = {'images': torch.from_numpy(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()),
                  'labels': torch.tensor(labels, dtype=torch.int64), 'classes': classes}
-        splits['test' if name == 'test_batch' else 'train'].append(check_split(split, path, fix))
+        splits['test' if name == 'test_batch' else 'train'].append(split)
     return {s: {'images': torch.cat([p['images'] for p in parts]), 'labels': torch.cat([p['labels'] for p in parts]),
                 'classes': classes, 'origin': origin} for s, parts in splits.items()}
 
@@ -813,16 +817,19 @@ def extract_archive(archive, data_dir):
     """cifar-10-batches-py/ next to the archive, through a temp folder and a rename (if another invocation
     renames first, its folder is used); returns what the archive is, by its MD5."""
     try:
-        with open(archive, 'rb') as f:
-            packed = f.read()
-        # all of the gzip stream first: its CRC is at the end, which tar stops before
-        top, tar = 'cifar-10-batches-py', tarfile.open(fileobj=io.BytesIO(zlib.decompress(packed, 16 + zlib.MAX_WBITS)))
-        members = [m for m in tar.getmembers() if m.isfile() and os.path.normpath(m.name).startswith(top + os.sep)]
+        packed = pathlib.Path(archive).read_bytes()
+    except OSError as e:
+        raise UserError(f'cannot read {archive} ({e.strerror or e})') from None
+    try:  # all of the gzip stream first: its CRC is at the end, which tar stops before
+        tar = tarfile.open(fileobj=io.BytesIO(zlib.decompress(packed, 16 + zlib.MAX_WBITS)))
+        top = 'cifar-10-batches-py' + os.sep
+        members = [m for m in tar.getmembers() if m.isfile() and os.path.normpath(m.name).startswith(top)]
     except (OSError, zlib.error, tarfile.TarError) as e:
         raise UserError(f'{archive} is damaged ({e}): delete it and download it again') from None
     if not members:
         raise UserError(f'{archive} holds no cifar-10-batches-py/ folder: it is not the CIFAR-10 python archive')
-    tmp, target = os.path.join(data_dir, f'.extract-{os.getpid()}'), os.path.join(data_dir, 'cifar-10-batches-py')
+    tmp = os.path.join(data_dir, f'.extract-{os.getpid()}')
+    target = os.path.join(data_dir, 'cifar-10-batches-py')
     try:
         tar.extractall(tmp, members=members, **({'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}))
         os.replace(os.path.join(tmp, 'cifar-10-batches-py'), target)
@@ -842,20 +849,16 @@ def load_cifar10(data_dir):
     `origin`, from the cache, else the official folder, else its archive, else a download; then cached."""
     caches = {s: os.path.join(data_dir, f'{s}.pt') for s in ('train', 'test')}
     if all(os.path.isfile(p) for p in caches.values()):
-        splits, fix = {}, 'delete it and it will be rebuilt from the official files'
-        for split, path in caches.items():
-            try:  # weights_only: tensors and plain data, never code
-                splits[split] = torch.load(path, map_location='cpu', weights_only=True)
-            except Exception as e:
-                raise UserError(f'{path} cannot be read ({type(e).__name__}; truncated or corrupt?): {fix}') from None
-            check_split(splits[split], path, fix)
-        return splits, 'cache'
+        return {split: read_cache(path) for split, path in caches.items()}, 'cache'
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise UserError(f'--data-dir {data_dir} is a file, not a folder: point it at the folder holding CIFAR-10')
-    folder, archive = os.path.join(data_dir, 'cifar-10-batches-py'), os.path.join(data_dir, 'cifar-10-python.tar.gz')
-    source, origin, tmp = 'official pickles', 'cifar-10-batches-py/ as found', f'{data_dir}/.download-{os.getpid()}'
+    folder = os.path.join(data_dir, 'cifar-10-batches-py')
+    archive = os.path.join(data_dir, 'cifar-10-python.tar.gz')
+    source, origin = 'official pickles', 'cifar-10-batches-py/ as found'
+    fix = f'delete {folder} and extract cifar-10-python.tar.gz again'
     if not os.path.isdir(folder):
         source = 'official archive' if os.path.isfile(archive) else 'download'
+        tmp = f'{data_dir}/.download-{os.getpid()}'
         try:
             if source == 'download':
                 os.makedirs(tmp)
@@ -869,7 +872,8 @@ def load_cifar10(data_dir):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         origin = extract_archive(archive, data_dir)
-    splits, written = read_official(folder, origin), []
+        fix = f'{archive} is not a good copy of CIFAR-10: delete it and {folder}, and download it again'
+    splits, written = read_official(folder, origin, fix), []
     try:
         for split, path in caches.items():
             atomic_write(path, lambda tmp: torch.save(splits[split], tmp))
@@ -967,19 +971,12 @@ def parse_command_line(description, hyp, check_hyp, default_runs, argv=None):
     """The flags of every script: (args, hyp with the --set overrides applied and checked, overrides)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog='Exit status: 0 done, 1 diverged, 2 bad input, 130 interrupted, 143 terminated.')
-
-    def integer(rule, ok):
-        def parse(text):
-            if not text.strip().isdigit() or not ok(int(text)):
-                raise argparse.ArgumentTypeError(f'must be {rule}, got {text!r}')
-            return int(text)
-        return parse
-    p.add_argument('--runs', type=integer('a positive integer', lambda n: n >= 1), default=default_runs,
-                   metavar='N', help=f'timed runs (default {default_runs}); their mean, std and n are reported')
+    p.add_argument('--runs', type=int, default=default_runs, metavar='N',
+                   help=f'timed runs (default {default_runs}); their mean, std and n are reported')
     p.add_argument('--data-dir', default=os.environ.get('AIRBENCH_DATA', 'cifar10'), metavar='DIR',
                    help='CIFAR-10 folder (default: $AIRBENCH_DATA, else ./cifar10); README.md, "Data"')
     p.add_argument('--device', choices=['auto', 'cuda', 'cpu', 'mps'], default='auto', help='auto: cuda, mps, else cpu')
-    p.add_argument('--seed', type=integer('at most 2^53', lambda s: s <= 2**53), metavar='S',
+    p.add_argument('--seed', type=int, metavar='S',
                    help='run k uses seed S + k and the warmup S (default: random, recorded in the log)')
     p.add_argument('--log-dir', default='logs', metavar='DIR', help='where the log folder is made (default ./logs)')
     p.add_argument('--no-warmup', action='store_true', help='skip the untimed warmup run on random labels')
@@ -987,6 +984,10 @@ def parse_command_line(description, hyp, check_hyp, default_runs, argv=None):
                    help='a hyperparameter, e.g. opt.train_epochs=2 (repeatable, type-checked, logged); keys: '
                         + ', '.join(leaves(hyp)))
     args = p.parse_args(argv)
+    if args.runs < 1:
+        p.error(f'argument --runs: must be a positive integer, got {args.runs}')
+    if args.seed is not None and not 0 <= args.seed <= 2**53:  # a float64 holds it exactly, as JSON readers need
+        p.error(f'argument --seed: must be in 0..2^53, got {args.seed}')
     run_hyp, overrides = apply_overrides(hyp, args.overrides)
     check_hyp(run_hyp)
     return args, run_hyp, overrides
@@ -994,8 +995,8 @@ def parse_command_line(description, hyp, check_hyp, default_runs, argv=None):
 
 def benchmark(args, hyp, overrides, train_fn, flops_fn, script_path):
     """The invocation. Under torchrun run k goes to process (k - 1) mod world size, with seed S + k, as in one."""
-    script, rank, world = os.path.basename(script_path)[:-3], int(os.environ.get('RANK', 0)), \
-        int(os.environ.get('WORLD_SIZE', 1))
+    script = os.path.basename(script_path)[:-3]
+    rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
     dev = Device(args.device, index=int(os.environ.get('LOCAL_RANK', 0)))
     if world > 1:
         if dev.type == 'cpu':  # the node's cores, divided between its processes
@@ -1029,7 +1030,7 @@ def benchmark(args, hyp, overrides, train_fn, flops_fn, script_path):
         f"{record['flops_per_run'] / 1e15:.3g} PFLOPs per run; seed {seed}; overrides {overrides or 'none'}")
     say(f'log: {log.dir}')
     print_row({c: c for c in COLUMNS}, rule_before=True, rule_after=True)
-    runs, interrupted = list(range(1 + rank, args.runs + 1, world)), None
+    runs = list(range(1 + rank, args.runs + 1, world))
     try:
         for run in runs if args.no_warmup else ['warmup'] + runs:
             run_seed = seed if run == 'warmup' else seed + run
@@ -1052,22 +1053,21 @@ def benchmark(args, hyp, overrides, train_fn, flops_fn, script_path):
                 log.write(parts)
     except KeyboardInterrupt as e:
         log.finish('interrupted', e.args[0] if e.args else 'interrupted')
-        interrupted = e
+        raise
     except Exception as e:  # a bug or the machine (out of memory, ...) also shows its traceback
         with contextlib.suppress(UserError):  # a log that could not be written may have no room for this
             log.finish('diverged' if isinstance(e, TrainingDiverged) else 'failed',
                        str(e) if isinstance(e, (TrainingDiverged, UserError)) else f'{type(e).__name__}: {e}')
         raise
-    for r in log.record['runs'] if world > 1 else []:
-        say(f"run {r['run']}: TTA accuracy {r['tta_val_acc']:.4f} in {r['time_seconds']:.2f} s (rank {r['rank']})")
-    s, seconds = log.record['summary'], sum(r['time_seconds'] for r in log.record['runs'])
-    if s['n']:
-        say(f"Mean: {s['mean']:.4f}    Std: {'n/a' if s['std'] is None else format(s['std'], '.4f')}    n: {s['n']}"
-            f"    time per run: {seconds / s['n']:.2f} s")
-    ended = f" (interrupted after {s['n']} finished runs)" if interrupted else ''
-    say(f"log{ended}: {os.path.abspath(os.path.join(log.dir, 'log.pt'))}")
-    if interrupted:
-        raise interrupted
+    finally:  # what finished, however the runs ended
+        for r in log.record['runs'] if world > 1 else []:
+            say(f"run {r['run']}: TTA accuracy {r['tta_val_acc']:.4f} in {r['time_seconds']:.2f} s (rank {r['rank']})")
+        s, seconds = log.record['summary'], sum(r['time_seconds'] for r in log.record['runs'])
+        if s['n']:
+            say(f"Mean: {s['mean']:.4f}    Std: {'n/a' if s['std'] is None else format(s['std'], '.4f')}    n: {s['n']}"
+                f"    time per run: {seconds / s['n']:.2f} s")
+        ended = '' if log.record['status'] == 'complete' else f" ({log.record['status']} after {s['n']} finished runs)"
+        say(f"log{ended}: {os.path.abspath(os.path.join(log.dir, 'log.pt'))}")
     return log
 
 

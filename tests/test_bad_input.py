@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 
 import pytest
@@ -92,7 +93,9 @@ def test_truncated_cache(cifar_dir, tmp_path):
 def test_corrupt_cache(cifar_dir, tmp_path):
     data = tmp_path / 'data'
     shutil.copytree(cifar_dir, data)
-    (data / 'test.pt').write_bytes(os.urandom(3000))
+    # a pickle protocol torch does not know: torch.load warns before it fails, and the warning must not
+    # add a line to the one sentence
+    (data / 'test.pt').write_bytes(b'\x80\x13' + bytes(range(256)) * 10)
     user_error(run(data, tmp_path=tmp_path), str(data / 'test.pt'))
 
 
@@ -147,7 +150,7 @@ def test_pickled_labels_out_of_range(official_dir, tmp_path):
     data = tmp_path / 'data'
     shutil.copytree(official_dir, data)
     rewrite_batch(data, 'data_batch_1', lambda b: b[b'labels'].__setitem__(0, 10))
-    user_error(run(data, tmp_path=tmp_path), 'labels outside 0..9')
+    user_error(run(data, tmp_path=tmp_path), 'data_batch_1', 'integers in 0..9')
     assert not (data / 'train.pt').exists()
 
 
@@ -155,7 +158,7 @@ def test_pickled_labels_out_of_range(official_dir, tmp_path):
     (lambda s: s.update(images=s['images'].float()), 'dtype torch.float32'),
     (lambda s: s.update(images=s['images'].permute(0, 3, 1, 2).contiguous()), '(N, 32, 32, 3)'),
     (lambda s: s.update(labels=s['labels'][:-1]), 'labels of shape'),
-    (lambda s: s.update(labels=s['labels'] - 1), 'labels outside 0..9'),
+    (lambda s: s.update(labels=s['labels'] - 1), 'in 0..9'),
     (lambda s: s.pop('classes'), 'classes of'),
     (lambda s: s.update(classes=['a'] * 9), 'classes of'),
     (lambda s: s.update(images=s['images'].to_sparse()), 'dense uint8'),
@@ -174,19 +177,21 @@ def test_cache_with_bad_tensors(cifar_dir, tmp_path, change, fragment):
 # ---------------------------------------------------------------- flags
 
 
-@pytest.mark.parametrize('seed', ['99999999999999999999', '-1', 'x'])
-def test_a_seed_out_of_range_is_refused_before_anything_runs(cifar_dir, tmp_path, seed):
+@pytest.mark.parametrize('seed, fragment', [('99999999999999999999', 'must be in 0..2^53'),
+                                            ('-1', 'must be in 0..2^53'), ('x', "invalid int value: 'x'")])
+def test_a_seed_out_of_range_is_refused_before_anything_runs(cifar_dir, tmp_path, seed, fragment):
     proc = run(cifar_dir, '--seed', seed, tmp_path=tmp_path)
     no_traceback(proc)
-    assert proc.returncode == 2 and '--seed: must be at most 2^53' in proc.stderr
+    assert proc.returncode == 2 and f'argument --seed: {fragment}' in proc.stderr.splitlines()[-1]
     assert not (tmp_path / 'logs').exists()
 
 
-@pytest.mark.parametrize('runs', ['0', '-3', 'two'])
-def test_bad_run_count(cifar_dir, tmp_path, runs):
+@pytest.mark.parametrize('runs, fragment', [('0', 'must be a positive integer'), ('-3', 'must be a positive integer'),
+                                            ('two', "invalid int value: 'two'")])
+def test_bad_run_count(cifar_dir, tmp_path, runs, fragment):
     proc = run_script(SCRIPT, '--data-dir', cifar_dir, '--runs', runs)
     no_traceback(proc)
-    assert proc.returncode == 2 and '--runs: must be a positive integer' in proc.stderr
+    assert proc.returncode == 2 and f'argument --runs: {fragment}' in proc.stderr.splitlines()[-1]
 
 
 @pytest.mark.parametrize('setting, fragment', [
@@ -320,8 +325,14 @@ def test_labels_that_are_floats_are_refused_not_truncated(official_dir, tmp_path
 def test_a_label_out_of_range_is_reported_in_its_own_file(official_dir, tmp_path):
     data = copy_official(official_dir, tmp_path)
     rewrite_batch(data, 'data_batch_3', lambda b: b[b'labels'].__setitem__(5, 11))
-    line = user_error(run(data, tmp_path=tmp_path), 'data_batch_3', 'labels outside 0..9')
+    line = user_error(run(data, tmp_path=tmp_path), 'data_batch_3', 'integers in 0..9')
     assert 'data_batch_1' not in line
+
+
+def test_a_label_beyond_int64_is_refused_in_its_own_file(official_dir, tmp_path):
+    data = copy_official(official_dir, tmp_path)
+    rewrite_batch(data, 'data_batch_3', lambda b: b[b'labels'].__setitem__(5, 2**70))
+    user_error(run(data, tmp_path=tmp_path), 'data_batch_3', 'labels of', 'integers in 0..9')
 
 
 def test_an_archive_with_a_bad_crc_is_refused_before_anything_is_cached(tmp_path):
@@ -335,6 +346,33 @@ def test_an_archive_with_a_bad_crc_is_refused_before_anything_is_cached(tmp_path
     path.write_bytes(bytes(packed))
     line = user_error(run(data, tmp_path=tmp_path), str(path), 'damaged', 'download it again')
     assert 'extract' not in line.split(':')[-1]  # the advice is not to extract a bad archive again
+    assert sorted(p.name for p in data.iterdir()) == ['cifar-10-python.tar.gz']
+
+
+def test_an_archive_whose_files_are_bad_is_named_as_the_thing_to_replace(tmp_path):
+    """A whole, CRC-checked archive without test_batch: extracting it again would not help."""
+    staging, data = tmp_path / 'staging', tmp_path / 'data'
+    synthetic.write_official(str(staging))
+    (staging / 'cifar-10-batches-py' / 'test_batch').unlink()
+    data.mkdir()
+    with tarfile.open(data / 'cifar-10-python.tar.gz', 'w:gz') as tar:
+        tar.add(staging / 'cifar-10-batches-py', arcname='cifar-10-batches-py')
+    line = user_error(run(data, tmp_path=tmp_path), 'test_batch', 'missing', 'cifar-10-python.tar.gz is not a good copy',
+                      'download it again')
+    assert 'extract' not in line.split(':')[-1]
+    assert not (data / 'train.pt').exists()
+
+
+def test_an_archive_that_cannot_be_read_is_not_called_damaged(ab94, tmp_path, monkeypatch):
+    """Root reads any file, so the refusal is simulated."""
+    data = tmp_path / 'data'
+    synthetic.write_archive(str(data))
+
+    def refuse(self):
+        raise PermissionError(13, 'Permission denied', str(self))
+    monkeypatch.setattr(ab94.pathlib.Path, 'read_bytes', refuse)
+    with pytest.raises(ab94.UserError, match=r'^cannot read .*cifar-10-python.tar.gz \(Permission denied\)$'):
+        ab94.load_cifar10(str(data))
     assert sorted(p.name for p in data.iterdir()) == ['cifar-10-python.tar.gz']
 
 

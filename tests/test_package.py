@@ -159,6 +159,9 @@ def dotted(node):
     return '.'.join([node.id] + parts[::-1]) if isinstance(node, ast.Name) else None
 
 
+TORCH_ALIASES = {'torch', 'nn', 'F', 'optim', 'dist'}  # the names under which the scripts import torch's parts
+
+
 def method_code(source):
     """What in source would be method code: a class (network, loader, optimizer), a training step
     (backward, step, ...), or torch beyond TORCH_ALLOWED."""
@@ -172,6 +175,9 @@ def method_code(source):
                       isinstance(node, ast.ImportFrom)]
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in METHOD_CALLS:
             found.append(f'call .{node.func.attr}()')
+        elif isinstance(node, ast.Attribute) and (dotted(node) or 'torch').split('.')[0] != 'torch' and set(
+                dotted(node).split('.')[1:-1]) & TORCH_ALIASES:
+            found.append(dotted(node))  # torch reached through a script module: airbench94.nn.Conv2d, ...
         elif isinstance(node, ast.Attribute) and (dotted(node) or '').startswith('torch.'):
             name = dotted(node)
             if not any(name == a or a.startswith(name + '.') for a in TORCH_ALLOWED):
@@ -192,6 +198,8 @@ def test_the_package_adds_no_method_code():
     assert sorted(method_code('x = torch.nn.Linear(3, 4)\nloss.backward()\nfor b in loader: pass\n'
                               'for k in d.items(): pass\nwhile True: pass')) == [
         'a For loop at line 3', 'a While loop at line 5', 'call .backward()', 'torch.nn.Linear']
+    assert method_code('net = airbench94.nn.Sequential()\ny = ab.F.relu(x)\nz = s.torch.zeros(3)') == [
+        'airbench94.nn.Sequential', 'ab.F.relu', 's.torch.zeros']
 
 
 def test_the_public_names_are_the_scripts_own(cifar_dir):

@@ -88,8 +88,6 @@ HARNESS_BANNER = """\
 #############################################
 #      Harness: the same in every script    #
 #############################################
-# The harness, not the method: data files, logs, command line, the invocation (warmup, runs, torchrun,
-# exit statuses). One shared block, the same in every script: read it once; only main() is the script's.
 """
 
 
