@@ -28,7 +28,7 @@ import airbench96_faster  # noqa: E402
 TINY_WIDTHS = {'block1': 16, 'block2': 32, 'block3': 32}
 
 # The original README's two examples, as published (its "Using the GPU-accelerated dataloader
-# independently" and "Example data-selection experiment"). README.md carries them verbatim.
+# independently" and "Example data-selection experiment"). The docs carry them verbatim.
 EXAMPLE_LOADER = """\
 import airbench
 train_loader = airbench.CifarLoader('/tmp/cifar10', train=True, aug=dict(flip=True, translate=4, cutout=16), batch_size=500)
@@ -85,9 +85,9 @@ def run_example(text, data_dir, *edits):
     return namespace
 
 
-def test_readme_carries_the_original_examples_verbatim():
-    readme = (REPO / 'README.md').read_text()
-    blocks = re.findall(r'```python\n(.*?)```', readme, re.S)
+def test_the_docs_carry_the_original_examples_verbatim():
+    docs = [REPO / 'README.md', *sorted((REPO / 'docs').glob('*.md'))]  # the package's page, wherever it is
+    blocks = [b for page in docs for b in re.findall(r'```python\n(.*?)```', page.read_text(), re.S)]
     for example in (EXAMPLE_LOADER, EXAMPLE_SUBSET, EXAMPLE_SELECTION):
         assert example in blocks, example.splitlines()[1]
 

@@ -175,4 +175,8 @@ def test_readme_lists_each_scripts_sizes():
         n = sb.sizes((REPO / script).read_text())
         row = f"| `{script}` | {n['header']} | {n['setup']} | {n['method']} | {n['harness']} |"
         assert row in readme, row
-    assert sb.sizes((REPO / 'airbench94.py').read_text())['harness'] <= 400  # the skeleton's budget
+
+
+def test_airbench94_keeps_the_skeletons_budget():
+    """The harness budget, from its banner to the end of the file (issue 27 lowers it to 220)."""
+    assert sb.sizes((REPO / 'airbench94.py').read_text())['harness'] <= 400
