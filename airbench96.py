@@ -1,40 +1,20 @@
-"""
-airbench96.py: CIFAR-10 to 96% with a deeper, wider, residual airbench and cutout.
+"""airbench96.py: CIFAR-10 to 96% with a deeper, wider, residual airbench and cutout.
 
-Published (the airbench repository's, not ours): 96.03% mean TTA accuracy in n=400 runs, 34.7 s
-per run on an NVIDIA A100, 4.9 PFLOPs per run. The paper's first version trained 40 epochs with
-widths 128/512/512: 96.05% (95.6% without TTA), 46.3 s, 7.2 PFLOPs; reach it with
-    python airbench96.py --set opt.train_epochs=40 --set net.widths.block2=512
+Published (the airbench repository's; not ours): 96.03% mean TTA accuracy in n=400 runs, 34.7 s per
+run on an A100, 4.9 PFLOPs per run. The paper's first version: docs/method.md §2.
+Parent: airbench94.py. The method: docs/method.md §1, §2. Changes:
+- 37 epochs instead of 9.9 (1776 steps); widths 128/384/512
+- ConvGroups of depth 3, with a residual across their last two convs
+- lr 9.0 (x0.78) and weight decay 0.012; lr multiplier 0.2 -> 1.0 over 10% of the steps, then to 0
+- translate 4 instead of 2, and cutout 12
+- BatchNorm momentum PyTorch's default, 0.1 (0.9 in airbench's convention)
 
-Method (docs/method.md §1): a frozen 2x2 patch-whitening conv initialised from 5,000 training
-images (its bias trains for 3 epochs), identity-initialised 3x3 convs, BatchNorm with fixed
-scale, Nesterov SGD with decoupled hyperparameters and a 64x lr on BatchNorm biases, lookahead
-every 5 steps, alternating flip + 2-pixel translate, label smoothing 0.2 on a summed loss,
-6-view TTA.
-Parent: airbench94.py. Changes (docs/method.md §2): 37 epochs; widths 128/384/512; ConvGroups of
-depth 3 with a residual connection across their last two convs; lr 9.0 (x0.78), weight decay
-0.012; 4-pixel translation and 12-pixel cutout; BatchNorm running stats with PyTorch's default
-momentum (0.1, i.e. 0.9 in airbench's convention); lr multiplier 0.2 -> 1.0 over the first 10%
-of the steps, then linear to 0; 5 runs by default.
-Steps: 37 epochs x 48 = 1776 steps of 1024 images.
-Deviations from the original: none in the method; off CUDA the precision differs (class Device).
-
-Run:
-    python airbench96.py                            # warmup + 5 runs on the best device
+    python airbench96.py                            # warmup + 5 timed runs on the best device
     python airbench96.py --runs 1 --no-warmup       # one run
-    python airbench96.py --set opt.train_epochs=2   # any hyperparameter; --help lists them
+    python airbench96.py --set opt.train_epochs=2   # any hyperparameter; --help lists them all
 
-Needs: torch; numpy to read the official CIFAR-10 files; torchvision only to download them.
-Data: --data-dir DIR, else $AIRBENCH_DATA, else ./cifar10 (README.md, "Data").
-Results: README.md, "Results"; every figure of ours there names its log in logs/.
-Your runs: each invocation writes logs/<script>-<date>-<time>-<id>/log.json and log.pt
-(--log-dir); the scripts print the path.
-
-Layout: the hyperparameters, then Setup (errors, device, timer, the table), then the method in
-the original's order (loader, network, whitening, lookahead, TTA, training and its FLOPs count),
-then one banner and the harness (data files, logs, command line, the invocation), the same text in
-every script. Every name is defined above its first use. "#=== shared: NAME" marks a block that
-other scripts carry verbatim; tools/shared_blocks.py keeps the copies identical.
+Needs torch (numpy to read the official CIFAR-10 files, torchvision only to download them). Data and
+logs: docs/data.md and docs/logs.md.
 """
 
 #############################################

@@ -1,46 +1,19 @@
-"""
-airbench96_faster.py: CIFAR-10 to 96% training only on the examples a small proxy net finds hardest.
+"""airbench96_faster.py: CIFAR-10 to 96%, training only on the examples a proxy net finds hardest.
 
-Published (the airbench repository's, not ours): 96.00% mean TTA accuracy in n=200 runs, 27.3 s
-per run on an NVIDIA A100-SXM4-40GB with torch 2.4.0, 3.1 PFLOPs per run; the 96% record after
-the paper.
+Published (the airbench repository's; not ours): 96.00% mean TTA accuracy in n=200 runs, 27.3 s per
+run on an A100-SXM4-40GB with torch 2.4.0, 3.1 PFLOPs per run; the 96% record after the paper.
+Parent: airbench96.py. The method: docs/method.md §1, §2, §4; in this project: §4.1. Changes:
+- a proxy net (32/64/64, depth 2) picks the 512 highest-loss examples of every batch of 1024
+- the main net trains on those 512 of every batch; the proxy steps on them in one batch of four
+- one stream of augmented batches feeds both nets; the timed region includes the proxy
+- 45 epochs (2160 batches of the stream)
 
-Method (docs/method.md §1, §2, §4): airbench96's net and recipe, fed by a proxy. One stream of
-augmented 1024-example batches (reshuffled and re-augmented every epoch, batches straddling
-epoch boundaries, drawn from a generator seeded per run) feeds two nets. A proxy net (widths
-32/64/64, depth 2, whitening bias frozen from the start) runs forward on every batch and selects
-its 512 highest-loss examples; on one batch in four it also steps on the summed loss of those
-512 (same optimizer and schedule recipe as the main net). The main net (airbench96's 128/384/512
-depth-3 net, BatchNorm momentum 0.1, with lookahead) trains on the selected 512 of every batch.
-The timed region includes the proxy.
-Parent: airbench96.py. Changes: the above; 45 epochs; 200 runs by default.
-Steps: 45 epochs counted as the original counts them, (50000 // 1024) x 45 = 2160 batches of
-the stream (44.2 passes over the data), for both nets and the schedules.
-Deviations from the original, and why:
-- The main net's whitening bias is frozen after 3 epochs of the stream (at batch
-  ceil(3 x 50000 / 1024) = 147), as the method states. The public original compares an epoch
-  counter with a step count, so its freeze never fires and the bias trains throughout;
-  --set opt.whiten_bias_epochs=45 reproduces that. Its effect on accuracy: README.md, "Results".
-- Both nets are compiled on CUDA only (max-autotune, once per invocation, re-initialised per
-  run); on a CPU compiling made airbench94's net slower (README.md, "Devices and precision").
-  Off CUDA the precision differs (class Device).
-
-Run:
-    python airbench96_faster.py                      # warmup + 200 runs on the best device
+    python airbench96_faster.py                      # warmup + 200 timed runs on the best device
     python airbench96_faster.py --runs 1 --no-warmup # one run
     python airbench96_faster.py --set opt.train_epochs=2   # any hyperparameter; --help lists them
 
-Needs: torch; numpy to read the official CIFAR-10 files; torchvision only to download them.
-Data: --data-dir DIR, else $AIRBENCH_DATA, else ./cifar10 (README.md, "Data").
-Results: README.md, "Results"; every figure of ours there names its log in logs/.
-Your runs: each invocation writes logs/<script>-<date>-<time>-<id>/log.json and log.pt
-(--log-dir); the scripts print the path.
-
-Layout: the hyperparameters, then Setup (errors, device, timer, the table), then the method in
-the original's order (loader, network, whitening, lookahead, TTA, training and its FLOPs count),
-then one banner and the harness (data files, logs, command line, the invocation), the same text in
-every script. Every name is defined above its first use. "#=== shared: NAME" marks a block that
-other scripts carry verbatim; tools/shared_blocks.py keeps the copies identical.
+Needs torch (numpy to read the official CIFAR-10 files, torchvision only to download them). Data and
+logs: docs/data.md and docs/logs.md.
 """
 
 #############################################

@@ -1,40 +1,17 @@
-"""
-ablations/main0_network.py: ablation rung 0, airbench94's network with standard training.
+"""ablations/main0_network.py: ablation rung 0, airbench94's network with standard training.
 
-Published (the original ablation ladder's, not ours): 94.06% mean TTA accuracy in n=25 runs,
-14.5 s per run on an NVIDIA A100, 1223 TFLOPs per run (ablations/README.md).
+Published (the original ablation ladder's, on an A100; not ours): 94.06% mean TTA accuracy in
+n=25 runs, 14.5 s per run, 1223 TFLOPs per run.
+Ours: 91.03% in one CPU run on the JPEG copy (logs/main0_network-20261201-102504-8e7190a7).
+Parent: none, the first rung; train_resnet18.py is its baseline. Facts: ablations/README.md.
+- none of the features the later rungs add, one each; 35 epochs (1680 steps)
 
-Method (ablations/README.md): airbench94.py's network and optimizer without its tricks: the
-first conv (2x2, 24 channels, no bias, as in the original main0: the BatchNorm after it would
-cancel one) trains from PyTorch's default init and is followed by BatchNorm and GELU; every 3x3
-conv has PyTorch's default init; BatchNorm with fixed scale and PyTorch's default momentum (0.1);
-Nesterov SGD with decoupled hyperparameters, every parameter at the same lr: lr 10.0, its
-multiplier 0.2 -> 1.0 at 20% of the steps -> 0 (the original ladder's settings up to main4;
-main5 brings airbench94's lr 11.5 and 0.2 -> 1.0 at 23% -> 0.07 together with lookahead); no
-lookahead; random flip + 2-pixel translate; label smoothing 0.2 on a summed loss; mirror TTA.
-Parent: none; the first rung (ablations/train_resnet18.py is the baseline it is compared with).
-Each later rung adds one feature; this one lacks all of them: the whitening init, the identity
-init, the 64x BatchNorm-bias lr, the whitening-bias freeze, lookahead with the settings it needs
-(BatchNorm momentum 0.6, lr 11.5, the 23% / 0.07 schedule), multi-crop TTA and alternating flip.
-Steps: 35 epochs x 48 = 1680 steps of 1024 images.
-Deviations from the original: none known in the method; off CUDA the precision differs (class Device).
-
-Run:
-    python ablations/main0_network.py                           # warmup + 25 runs on the best device
+    python ablations/main0_network.py                           # warmup + 25 timed runs
     python ablations/main0_network.py --runs 1 --no-warmup      # one run
-    python ablations/main0_network.py --set opt.train_epochs=2  # any hyperparameter; --help lists them
+    python ablations/main0_network.py --set opt.train_epochs=2  # any hyperparameter (--help)
 
-Needs: torch; numpy to read the official CIFAR-10 files; torchvision only to download them.
-Data: --data-dir DIR, else $AIRBENCH_DATA, else ./cifar10 (README.md, "Data").
-Results: ablations/README.md; every figure of ours there names its log in logs/.
-Your runs: each invocation writes logs/<script>-<date>-<time>-<id>/log.json and log.pt
-(--log-dir); the scripts print the path.
-
-Layout: the hyperparameters, then Setup (errors, device, timer, the table), then the method in
-the original's order (loader, network, whitening, lookahead, TTA, training and its FLOPs count),
-then one banner and the harness (data files, logs, command line, the invocation), the same text in
-every script. Every name is defined above its first use. "#=== shared: NAME" marks a block that
-other scripts carry verbatim; tools/shared_blocks.py keeps the copies identical.
+Needs torch (numpy to read the official CIFAR-10 files, torchvision only to download them). Data and
+logs: docs/data.md and docs/logs.md.
 """
 
 #############################################

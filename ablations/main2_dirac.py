@@ -1,36 +1,18 @@
-"""
-ablations/main2_dirac.py: ablation rung 2, identity-initialised 3x3 convs.
+"""ablations/main2_dirac.py: ablation rung 2, identity-initialised 3x3 convs.
 
-Published (the original ablation ladder's, not ours): 94.01% mean TTA accuracy in n=200 runs,
-7.3 s per run on an NVIDIA A100, 631 TFLOPs per run (ablations/README.md).
+Published (the original ablation ladder's, on an A100; not ours): 94.01% mean TTA accuracy in
+n=200 runs, 7.3 s per run, 631 TFLOPs per run.
+Ours: 90.65% in one CPU run on the JPEG copy (logs/main2_dirac-20261201-115627-1022fad7).
+Parent: ablations/main1_whiten.py. Facts: ablations/README.md. Changes (initialization):
+- the identity ("dirac") init of the first C_in filters of every 3x3 conv
+- 18 epochs instead of 21 (864 steps)
 
-Method (ablations/README.md): main1's, except that every 3x3 conv with C_in inputs starts with
-the identity on its first C_in filters: a frozen patch-whitening first conv (its bias trains
-throughout), BatchNorm with fixed scale and momentum 0.1, Nesterov SGD with decoupled
-hyperparameters (BatchNorm biases at the common lr) at lr 10.0 with the multiplier 0.2 -> 1.0 at
-20% of the steps -> 0, no lookahead, random flip + 2-pixel translate, label smoothing 0.2 on a
-summed loss, mirror TTA.
-Parent: ablations/main1_whiten.py. Changes (initialization): the identity ("dirac") init of the
-first C_in filters of every 3x3 conv; 18 epochs instead of 21.
-Steps: 18 epochs x 48 = 864 steps of 1024 images.
-Deviations from the original: none known in the method; off CUDA the precision differs (class Device).
-
-Run:
-    python ablations/main2_dirac.py                           # warmup + 25 runs on the best device
+    python ablations/main2_dirac.py                           # warmup + 25 timed runs
     python ablations/main2_dirac.py --runs 1 --no-warmup      # one run
-    python ablations/main2_dirac.py --set opt.train_epochs=2  # any hyperparameter; --help lists them
+    python ablations/main2_dirac.py --set opt.train_epochs=2  # any hyperparameter (--help)
 
-Needs: torch; numpy to read the official CIFAR-10 files; torchvision only to download them.
-Data: --data-dir DIR, else $AIRBENCH_DATA, else ./cifar10 (README.md, "Data").
-Results: ablations/README.md; every figure of ours there names its log in logs/.
-Your runs: each invocation writes logs/<script>-<date>-<time>-<id>/log.json and log.pt
-(--log-dir); the scripts print the path.
-
-Layout: the hyperparameters, then Setup (errors, device, timer, the table), then the method in
-the original's order (loader, network, whitening, lookahead, TTA, training and its FLOPs count),
-then one banner and the harness (data files, logs, command line, the invocation), the same text in
-every script. Every name is defined above its first use. "#=== shared: NAME" marks a block that
-other scripts carry verbatim; tools/shared_blocks.py keeps the copies identical.
+Needs torch (numpy to read the official CIFAR-10 files, torchvision only to download them). Data and
+logs: docs/data.md and docs/logs.md.
 """
 
 #############################################

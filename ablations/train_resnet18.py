@@ -1,49 +1,17 @@
-"""
-ablations/train_resnet18.py: the ladder's baseline, ResNet-18 trained for time-to-94%.
+"""ablations/train_resnet18.py: the ladder's baseline, ResNet-18 trained for time-to-94%.
 
-Published (the original ablation ladder's, not ours): 94.01% mean flip-TTA accuracy in n=10
-runs, 52.1 s per run on an NVIDIA A100, 4350 TFLOPs per run; the same recipe was also reported
-at 94.00% in n=200 (about 93.4% without TTA), and at 95.9% in 156 s when trained 80 epochs
-(ablations/README.md).
+Published (the original ablation ladder's, on an A100; not ours): 94.01% mean flip-TTA accuracy in
+n=10 runs, 52.1 s per run, 4350 TFLOPs per run (more: ablations/README.md).
+Parent: none; the baseline of the ladder (main0_network.py ... main8_compile.py): the CIFAR
+ResNet-18 (11,173,962 parameters), batch 500, 26 epochs (2600 steps), mirror TTA. Its recipe
+and its deviations from the original: ablations/README.md, "The baseline: ResNet-18".
 
-Method (ablations/README.md, "The baseline: ResNet-18"): the CIFAR variant of ResNet-18 (3x3
-stem, no max-pool, four stages of two BasicBlocks, 11,173,962 parameters) at PyTorch's default
-init; Nesterov SGD, momentum 0.9, on the cross-entropy summed over batches of 500 with lr
-0.2 / 500 and weight decay 5e-4 x 500 on every parameter (the original's values: lr 0.2 and
-weight decay 5e-4 for a batch-mean loss), no label smoothing; lr multiplier 0.2 -> 1.0 over the
-first 20% of the steps, then linear to 0; augmentation drawn every epoch in the original's
-order: random flip, a 12-pixel cutout, then a 4-pixel translate (reflect-pad, random crop);
-mirror TTA; no whitening, no lookahead, no EMA.
-Parent: none; the baseline the ladder (main0_network.py ... main8_compile.py) is measured
-against. It shares only the loader (with its own order of augmentations, ResNetLoader), the TTA,
-the step count, the lr schedule and the harness with the airbench scripts.
-Steps: 26 epochs x 100 = 2600 steps of 500 images.
-Deviations from the original (its train_resnet18_94.py): on CUDA the original converts the whole
-net to fp16, BatchNorm included; here BatchNorm stays in fp32 as in every script of this project
-(class Device), the choice hlb_cifar10.py's H100 runs back (with fp16 BatchNorm a running
-variance there became NaN); fp16 BatchNorm is not tried for this net. The loss is computed in
-fp32 from the logits (the original's is fp16 on CUDA). The original prints the accuracy at all
-three TTA levels at the end; here the run's TTA accuracy is level 1 (mirror, the level of the
-original's 94% evidence), the last epoch's val_acc is level 0, and --set net.tta_level=2 gives
-level 2. Off CUDA the precision differs (class Device: the original trains in fp16 with
-channels_last, as this script does on CUDA).
+    python ablations/train_resnet18.py                           # warmup + 10 timed runs
+    python ablations/train_resnet18.py --runs 1 --no-warmup      # one run (hours on a CPU)
+    python ablations/train_resnet18.py --set opt.train_epochs=2  # any hyperparameter (--help)
 
-Run:
-    python ablations/train_resnet18.py                            # warmup + 10 runs on the best device
-    python ablations/train_resnet18.py --runs 1 --no-warmup       # one run (hours on a CPU)
-    python ablations/train_resnet18.py --set opt.train_epochs=2   # any hyperparameter; --help lists them
-
-Needs: torch; numpy to read the official CIFAR-10 files; torchvision only to download them.
-Data: --data-dir DIR, else $AIRBENCH_DATA, else ./cifar10 (README.md, "Data").
-Results: ablations/README.md; every figure of ours there names its log in logs/.
-Your runs: each invocation writes logs/<script>-<date>-<time>-<id>/log.json and log.pt
-(--log-dir); the scripts print the path.
-
-Layout: the hyperparameters, then Setup (errors, device, timer, the table), then the method in
-the original's order (loader, network, whitening, lookahead, TTA, training and its FLOPs count),
-then one banner and the harness (data files, logs, command line, the invocation), the same text in
-every script. Every name is defined above its first use. "#=== shared: NAME" marks a block that
-other scripts carry verbatim; tools/shared_blocks.py keeps the copies identical.
+Needs torch (numpy to read the official CIFAR-10 files, torchvision only to download them). Data and
+logs: docs/data.md and docs/logs.md.
 """
 
 #############################################

@@ -1,51 +1,17 @@
-"""
-legacy/cifar10_fast.py: David Page's "bag of tricks" ResNet (cifar10-fast, 2019), 94% in 10 epochs.
+"""legacy/cifar10_fast.py: Page's "bag of tricks" ResNet (cifar10-fast, 2019), 94% in 10 epochs.
 
-Published (David Page's, not ours): 94.1% test accuracy with mirror TTA after 10 epochs, 26 s per
-run on an NVIDIA V100; the original airbench ablation table lists the record at 14.9 A100-seconds
-and 1144 TFLOPs per run.
+Published (David Page's; not ours): 94.1% test accuracy with mirror TTA after 10 epochs, 26 s per
+run on a V100; the original airbench ablation table lists 14.9 A100-seconds and 1144 TFLOPs per run.
+Ours: 91.20% in one CPU run on the JPEG copy (logs/cifar10_fast-20261201-143931-e350f0d4).
+Parent: none in this project; hlb_cifar10.py started from it. Facts and what this reproduction
+changes: legacy/README.md, "Fact sheet 1" and "What the reproductions keep and change".
 
-Method (legacy/README.md, "Fact sheet 1: cifar10-fast"): a 9-layer ResNet (prep 64, layers of 128,
-256 and 512 channels, residual pairs after layers 1 and 3) behind a frozen 3x3 whitening conv
-(27 filters from the patch second moments of 10,000 training images) and a trainable 1x1 conv;
-ghost BatchNorm (statistics over 16 splits of 32 images in training; in eval, as the original,
-split 0's, after the splits' statistics were averaged once, when the EMA copy first left training
-mode) with its scale frozen at 1, CELU(0.3); the original's Nesterov SGD (the lr inside the
-momentum buffer) with momentum 0.9, 64x lr (and 1/64 weight decay) on BatchNorm biases, a
-piecewise-linear lr schedule (0 -> 1 at epoch 2 -> 0.1 at epoch 8, then held); an EMA of all
-float state after steps 1, 6, ..., 96 of every epoch (200 updates), which is what gets evaluated;
-random flip + 4-pixel translate; label smoothing 0.2 on a summed loss; mirror TTA.
-Parent: none in this project; it is the record hlb-CIFAR10 (legacy/hlb_cifar10.py) started from,
-and the source of airbench's whitening, frozen BatchNorm scale, 64x bias lr and summed,
-label-smoothed loss. It shares the loader, the TTA, the step count and the harness with
-airbench94.py.
-Steps: 10 epochs x 97 = 970 steps of 512 images.
-Deviations from the original: none known in the method. Off CUDA the precision differs (class
-Device: fp32 weights with bf16 autocast on a CPU, fp16 autocast on MPS; on CUDA fp16 weights and
-activations with BatchNorm in fp32, as the original). Timing follows this project's rule (from the
-whitening statistics to the TTA predictions, per-epoch evaluation left out). Ghost BatchNorm's
-split k is the k-th run of 32 images of the shuffled batch (the original interleaves them: images
-k, k + 16, ...; the same partition in law, and no layout copies). The augmentation is drawn
-independently per image (the original gives each of the 81 crops to an equal share of the
-shuffled images and mirrors exactly half of them: the same law per image). The whitening second
-moments are summed over chunks of 1,000 images, to bound memory (the same matrix up to rounding).
+    python legacy/cifar10_fast.py                            # warmup + 10 timed runs
+    python legacy/cifar10_fast.py --runs 1 --no-warmup       # one run (CPU time: legacy/README.md)
+    python legacy/cifar10_fast.py --set opt.train_epochs=2   # any hyperparameter (--help)
 
-Run:
-    python legacy/cifar10_fast.py                            # warmup + 10 runs on the best device
-    python legacy/cifar10_fast.py --runs 1 --no-warmup       # one run (its CPU time: legacy/README.md)
-    python legacy/cifar10_fast.py --set opt.train_epochs=2   # any hyperparameter; --help lists them
-
-Needs: torch; numpy to read the official CIFAR-10 files; torchvision only to download them.
-Data: --data-dir DIR, else $AIRBENCH_DATA, else ./cifar10 (README.md, "Data").
-Results: legacy/README.md; every figure of ours there names its log in logs/.
-Your runs: each invocation writes logs/<script>-<date>-<time>-<id>/log.json and log.pt
-(--log-dir); the scripts print the path.
-
-Layout: the hyperparameters, then Setup (errors, device, timer, the table), then the method in
-the original's order (loader, network, whitening, lookahead, TTA, training and its FLOPs count),
-then one banner and the harness (data files, logs, command line, the invocation), the same text in
-every script. Every name is defined above its first use. "#=== shared: NAME" marks a block that
-other scripts carry verbatim; tools/shared_blocks.py keeps the copies identical.
+Needs torch (numpy to read the official CIFAR-10 files, torchvision only to download them). Data and
+logs: docs/data.md and docs/logs.md.
 """
 
 #############################################
