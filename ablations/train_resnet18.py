@@ -47,8 +47,6 @@ hyp = {
 #############################################
 #                   Setup                   #
 #############################################
-# What the method needs before it starts: the errors it raises, the device with its number formats
-# and clock, the timer, the per-epoch table and the FLOPs counter. The same in every script.
 
 #=== shared: setup
 import contextlib
@@ -73,44 +71,36 @@ class TrainingDiverged(ArithmeticError):
     """The training loss became NaN or infinite; the message names the step. Exit status 1."""
 
 
-def require(ok, key, value, rule):
-    if not ok:
-        raise UserError(f'--set {key}={value!r} is out of range: it {rule}')
+# Per device: the format of weights and data, and of the autocast forward pass (docs/devices.md).
+PRECISION = {'cuda': (torch.float16, None), 'cpu': (torch.float32, torch.bfloat16),
+             'mps': (torch.float32, torch.float16)}
 
 
 class Device:
-    """The accelerator and its number formats, resolved once. cuda (the record path): fp16
-    weights and activations, BatchNorm in fp32, channels_last, cudnn.benchmark, CUDA events.
-    cpu: fp32 weights, bf16 autocast around the forward pass only (around backward and the
-    optimizer step too, learning stalled at chance), channels_last; fp32 throughout without fast
-    bf16. mps: fp32 weights, fp16 autocast forward, contiguous layout. Off CUDA the clock is
-    perf_counter, read after the device has finished its queued work."""
+    """The accelerator, its number formats (PRECISION; BatchNorm stays fp32) and memory layout."""
 
     def __init__(self, name='auto', index=0):
-        available = {'cuda': torch.cuda.is_available(), 'mps': torch.backends.mps.is_available(), 'cpu': True}
-        if name == 'auto':
-            name = next(n for n in ('cuda', 'mps', 'cpu') if available[n])
-        if not available[name]:
-            raise UserError(f'--device {name} was asked for, but this machine and torch build have no '
-                            f'{name.upper()}: use --device auto or cpu')
-        self.type, self.torch_device, self.note = name, torch.device(name), ''
-        if name == 'cuda':  # one GPU per process: torchrun's local rank picks it
-            if index >= torch.cuda.device_count():
-                raise UserError(f'process {index} of this node needs GPU {index}, but only '
-                                f'{torch.cuda.device_count()} are visible: start at most that many per node')
-            self.torch_device = torch.device('cuda', index)
-            torch.cuda.set_device(self.torch_device)
+        count = {'cuda': torch.cuda.device_count(), 'mps': int(torch.backends.mps.is_available()),
+                 'cpu': 1}
+        name = next(n for n in count if count[n]) if name == 'auto' else name
+        if (index if name == 'cuda' else 0) >= count[name]:
+            raise UserError(f'--device {name}: process {index} of this node needs {name} {index}, '
+                            f'but this machine and torch build have {count[name]}; use auto or cpu')
+        self.type, self.note = name, ''
+        self.torch_device = torch.device(name, index) if name == 'cuda' else torch.device(name)
+        self.model_dtype, self.autocast_dtype = PRECISION[name]
+        self.data_dtype = self.model_dtype
         self.memory_format = torch.contiguous_format if name == 'mps' else torch.channels_last
-        self.model_dtype = self.data_dtype = torch.float16 if name == 'cuda' else torch.float32
-        self.autocast_dtype = {'cuda': None, 'mps': torch.float16}.get(name, torch.bfloat16)
         if name == 'cuda':
+            torch.cuda.set_device(self.torch_device)
             torch.backends.cudnn.benchmark = True
-        elif name == 'cpu' and not (torch.backends.mkldnn.is_available()
-                                    and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
-            self.autocast_dtype, self.note = None, 'this CPU has no fast bf16, so it trains in fp32 (slower)'
+        mkldnn = torch.backends.mkldnn.is_available()
+        if name == 'cpu' and not (mkldnn and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            self.autocast_dtype = None
+            self.note = 'this CPU has no fast bf16, so it trains in fp32 (slower)'
 
     def prepare(self, net):
-        """Moves a freshly built net to the device in its training formats (BatchNorm in fp32)."""
+        """A freshly built net on the device in its training formats, BatchNorm kept in fp32."""
         net = net.to(self.torch_device).to(self.model_dtype).to(memory_format=self.memory_format)
         for module in net.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -121,90 +111,8 @@ class Device:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.type, dtype=self.autocast_dtype)
-
-    def start_clock(self):
-        if self.type != 'cuda':
-            return self.read_clock(0.0)
-        start = torch.cuda.Event(enable_timing=True)
-        start.record()
-        return start
-
-    def read_clock(self, start):
-        """Seconds since start_clock(), after all queued work has finished."""
-        if self.type == 'cuda':
-            end = torch.cuda.Event(enable_timing=True)
-            end.record()
-            torch.cuda.synchronize()
-            return 1e-3 * start.elapsed_time(end)
-        if self.type == 'mps':
-            torch.mps.synchronize()
-        return time.perf_counter() - start
-
-
-class Timer:
-    """Sums the seconds spent inside `with timer:` blocks; everything else is untimed."""
-
-    def __init__(self, dev):
-        self.dev, self.seconds = dev, 0.0
-
-    def __enter__(self):
-        self.start = self.dev.start_clock()
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds += self.dev.read_clock(self.start)
-
-
-def say(text):
-    """print(), except that once stdout is closed (`| head`) the rest goes to /dev/null: the runs go on."""
-    try:
-        print(text, flush=True)
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-
-COLUMNS = ('run', 'epoch', 'train_loss', 'train_acc', 'val_acc', 'tta_val_acc', 'time_seconds')
-
-
-def print_row(cells, rule_before=False, rule_after=False):
-    """One fixed-width row of the per-epoch table; cells maps column names to values."""
-    assert set(cells) <= set(COLUMNS), set(cells) - set(COLUMNS)
-    def fmt(value):
-        return '' if value is None else f'{value:.4f}' if isinstance(value, float) else str(value)
-    line = '| ' + ' | '.join(fmt(cells.get(c)).rjust(max(len(c), 6)) for c in COLUMNS) + ' |'
-    rows, rule = [line], '-' * len(line)
-    if rule_before:
-        rows.insert(0, rule)
-    if rule_after:
-        rows.append(rule)
-    say('\n'.join(rows))
-
-
-def count_flops(fn):
-    """FLOPs of fn() as torch.utils.flop_counter counts them (matmuls and convolutions)."""
-    from torch.utils.flop_counter import FlopCounterMode  # it imports sympy: only when counting
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
 #=== end shared: setup
 
-
-def check_hyp(hyp):
-    """Rejects values the method cannot run with (types were checked when parsing --set)."""
-    o, a, n = hyp['opt'], hyp['aug'], hyp['net']
-    require(o['train_epochs'] > 0, 'opt.train_epochs', o['train_epochs'], 'must be positive')
-    require(o['batch_size'] >= 1, 'opt.batch_size', o['batch_size'], 'must be at least 1')
-    require(o['lr'] > 0, 'opt.lr', o['lr'], 'must be positive')
-    require(0 <= o['momentum'] < 1, 'opt.momentum', o['momentum'], 'must be in [0, 1)')
-    require(o['weight_decay'] >= 0, 'opt.weight_decay', o['weight_decay'], 'must be >= 0')
-    require(0 <= o['label_smoothing'] <= 1, 'opt.label_smoothing', o['label_smoothing'], 'must be in [0, 1]')
-    require(0 < o['lr_peak_at'] < 1, 'opt.lr_peak_at', o['lr_peak_at'], 'must be in (0, 1)')
-    require(a['flip'] in ('alternating', 'random', 'none'), 'aug.flip', a['flip'], "must be 'alternating', 'random' or 'none'")
-    require(0 <= a['translate'] <= 8, 'aug.translate', a['translate'], 'must be in [0, 8] pixels')
-    require(0 <= a['cutout'] <= 32, 'aug.cutout', a['cutout'], 'must be in [0, 32] pixels')
-    for stage, width in n['widths'].items():
-        require(width >= 1, f'net.widths.{stage}', width, 'must be at least 1')
-    require(n['tta_level'] in (0, 1, 2), 'net.tta_level', n['tta_level'], 'must be 0, 1 or 2')
 
 #############################################
 #       Data loading and augmentation       #
@@ -234,16 +142,6 @@ def batch_crop(images, size, generator=None):
     return images[batch, torch.arange(c, device=images.device).view(1, c, 1, 1), rows, cols]
 
 
-def batch_color_jitter(images, brightness, contrast, generator=None):
-    """Per image, one brightness shift b uniform in [-brightness, brightness] and one contrast
-    factor g uniform in [1 - contrast, 1 + contrast] (drawn in that order, in the images' dtype),
-    shared by all channels and pixels: x -> (x + b) * g, shift first, then scale."""
-    shape = (len(images), 1, 1, 1)
-    shift = (torch.rand(shape, device=images.device, dtype=images.dtype, generator=generator) * 2 - 1) * brightness
-    scale = (torch.rand(shape, device=images.device, dtype=images.dtype, generator=generator) * 2 - 1) * contrast + 1
-    return (images + shift) * scale
-
-
 def batch_cutout(images, size, generator=None):
     """Zeroes one size x size square per image, its top-left corner uniform over the positions
     that keep it inside the image."""
@@ -265,26 +163,24 @@ class CifarLoader:
     aug: flip ('alternating': epoch 0 mirrors a random half, every later epoch mirrors every
     image relative to the epoch before; 'random': each image mirrored with p=0.5, drawn anew every
     epoch; 'none'), translate r (reflect-pad r once, then a random crop per image per epoch),
-    brightness, contrast (batch_color_jitter per image per epoch, after cropping and flipping, in
-    normalised space; off unless one of them is above 0, and then both are drawn), cutout s (one
-    zeroed s x s square per image per epoch, after the jitter, in normalised space). Training
-    loaders (train=True) reshuffle every epoch and drop the last partial batch, unless shuffle or
-    drop_last say otherwise. Random draws come from `generator` (a torch.Generator on the
-    device), else torch's global RNG.
+    cutout s (one zeroed s x s square per image per epoch, after cropping and flipping, in
+    normalised space). Training loaders (train=True) reshuffle every epoch and drop the last
+    partial batch, unless shuffle or drop_last say otherwise. Random draws come from `generator`
+    (a torch.Generator on the device), else torch's global RNG.
     """
 
     def __init__(self, split, dev, batch_size=500, train=True, aug=None, drop_last=None, shuffle=None,
                  generator=None):
         self.dev, self.generator, self.epoch = dev, generator, 0
+        # uint8 moves to the device 4x faster than fp32 would, and converts there
         self.images = split['images'].to(dev.torch_device).permute(0, 3, 1, 2)
         self.images = (self.images.to(dev.data_dtype) / 255).contiguous(memory_format=dev.memory_format)
         self.labels = split['labels'].to(dev.torch_device)
         self.classes = split['classes']
         self.aug = dict(aug or {})
-        unknown = set(self.aug) - {'flip', 'translate', 'brightness', 'contrast', 'cutout'}
+        unknown = set(self.aug) - {'flip', 'translate', 'cutout'}
         if unknown or self.aug.get('flip', 'none') not in ('alternating', 'random', 'none'):
-            raise ValueError(f'bad augmentation {self.aug}: use flip (alternating, random, none), translate, '
-                             'brightness, contrast, cutout')
+            raise ValueError(f'bad augmentation {self.aug}: use flip (alternating, random, none), translate, cutout')
         self.batch_size = batch_size
         self.drop_last = train if drop_last is None else drop_last
         self.shuffle = train if shuffle is None else shuffle
@@ -306,19 +202,18 @@ class CifarLoader:
     def next_epoch(self):
         """Augments every image for the coming epoch; returns (images, labels, order)."""
         flip, pad, cutout = self.aug.get('flip', 'none'), self.aug.get('translate', 0), self.aug.get('cutout', 0)
-        brightness, contrast = self.aug.get('brightness', 0), self.aug.get('contrast', 0)
-        if self.epoch == 0:
+        if self.epoch == 0:  # normalise, pre-flip and pad once, so that each epoch only crops and flips
             base = self.normalize(self.images)
             if flip == 'alternating':
                 base = batch_flip_lr(base, self.generator)
             self.base = F.pad(base, (pad,) * 4, 'reflect') if pad > 0 else base
         images = batch_crop(self.base, self.images.size(-1), self.generator) if pad > 0 else self.base
+        # Alternating flip mirrors every image every other epoch, so any two consecutive epochs show
+        # both orientations of each image: more diversity than independent random flips (paper §3.6).
         if flip == 'alternating' and self.epoch % 2 == 1:
             images = images.flip(-1)
         elif flip == 'random':
             images = batch_flip_lr(images, self.generator)
-        if brightness > 0 or contrast > 0:
-            images = batch_color_jitter(images, brightness, contrast, self.generator)
         if cutout > 0:
             images = batch_cutout(images, cutout, self.generator)
         images = images.contiguous(memory_format=self.dev.memory_format)
@@ -446,8 +341,72 @@ def evaluate(model, loader, tta_level=0):
 #=== end shared: tta
 
 #############################################
+#                  Logging                  #
+#############################################
+
+#=== shared: logging
+def say(text):
+    """print(), except that once stdout fails (closed by `| head`, or on a full disk) the rest goes to
+    /dev/null and the runs go on: the log keeps them."""
+    try:
+        print(text, flush=True)
+    except OSError as e:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        with contextlib.suppress(OSError):
+            print(f'note: stdout failed ({e.strerror}); the runs go on, and the log keeps them', file=sys.stderr)
+
+
+COLUMNS = ('run', 'epoch', 'train_loss', 'train_acc', 'val_acc', 'tta_val_acc', 'time_seconds')
+
+
+def print_row(cells, rule_before=False, rule_after=False):
+    """One fixed-width row of the per-epoch table; cells maps column names to values."""
+    assert set(cells) <= set(COLUMNS), set(cells) - set(COLUMNS)
+    def fmt(value):
+        return '' if value is None else f'{value:.4f}' if isinstance(value, float) else str(value)
+    line = '| ' + ' | '.join(fmt(cells.get(c)).rjust(max(len(c), 6)) for c in COLUMNS) + ' |'
+    rows, rule = [line], '-' * len(line)
+    if rule_before:
+        rows.insert(0, rule)
+    if rule_after:
+        rows.append(rule)
+    say('\n'.join(rows))
+#=== end shared: logging
+
+#############################################
 #                  Training                 #
 #############################################
+
+#=== shared: timer
+class Timer:
+    """Sums the seconds spent inside `with timer:` blocks; everything else is untimed. On CUDA it reads
+    CUDA events, as the paper times; elsewhere perf_counter, once the device's queued work is done."""
+
+    def __init__(self, dev):
+        self.dev, self.seconds = dev, 0.0
+
+    def now(self):
+        if self.dev.type == 'cuda':
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        if self.dev.type == 'mps':
+            torch.mps.synchronize()
+        return time.perf_counter()
+
+    def __enter__(self):
+        self.start = self.now()
+        return self
+
+    def __exit__(self, *exc):
+        end = self.now()
+        if self.dev.type == 'cuda':
+            torch.cuda.synchronize()
+            self.seconds += 1e-3 * self.start.elapsed_time(end)
+        else:
+            self.seconds += end - self.start
+#=== end shared: timer
+
 
 #=== shared: steps
 def train_steps(opt, n_train):
@@ -541,6 +500,16 @@ def train(hyp, dev, train_loader, test_loader=None, seed=None, run=0, verbose=Tr
                    'time_seconds': timer.seconds, 'steps': step, 'epochs': history}
 
 
+#=== shared: flops
+def count_flops(fn):
+    """FLOPs of fn() as torch.utils.flop_counter counts them (matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode  # it imports sympy: only when counting
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+#=== end shared: flops
+
+
 def flops_per_run(hyp, n_train, n_test):
     """FLOPs of one run: every training step plus the final TTA pass. Counted on the meta device,
     so nothing is computed and the timed runs are not slowed. Left out: the untimed per-epoch eval."""
@@ -564,8 +533,6 @@ def flops_per_run(hyp, n_train, n_test):
 
 #=== shared: harness
 import argparse
-import datetime
-import difflib
 import hashlib
 import io
 import json
@@ -573,382 +540,418 @@ import pathlib
 import pickle
 import platform
 import secrets
-import shutil
 import signal
 import subprocess
 import tarfile
+import threading
 import warnings
+import zipfile
 import zlib
 
 import torch.distributed as dist
 
-CIFAR_FILES = [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']
-OFFICIAL_MD5 = 'c58f30108f718f92721af3b95e74349a'  # of cifar-10-python.tar.gz as released
+CIFAR_FILES = ['batches.meta', *(f'data_batch_{i}' for i in range(1, 6)), 'test_batch']
+URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz'
+MD5 = 'c58f30108f718f92721af3b95e74349a'  # of that archive, as released
+LIMIT = 2**28  # bytes a data file, or the archive unpacked, may hold (CIFAR-10's largest: 178 MB)
+
+
+def inert(text):
+    """Text from a file or an error, safe to print: control characters and escapes shown escaped."""
+    return ''.join(c if c.isprintable() else repr(c)[1:-1] for c in str(text)[:500])
 
 
 def atomic_write(path, write):
-    """write(tmp), then tmp renamed over path: never a half-written file, and a failed write leaves the old one."""
-    tmp = f'{path}.tmp-{os.getpid()}'
+    """write(tmp), then tmp renamed over path: never a half-written file; a failed write keeps
+    the old one. Temp files that killed processes of this host left beside path go first."""
+    folder, prefix = os.path.split(f'{os.path.abspath(path)}.tmp-{platform.node()}-')
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        if name.startswith(prefix) and name[len(prefix):].isdigit():
+            with contextlib.suppress(OverflowError, PermissionError):  # PermissionError: it runs
+                try:
+                    os.kill(int(name[len(prefix):]), 0)
+                except ProcessLookupError:  # no process has that pid any more
+                    os.remove(os.path.join(folder, name))
+    tmp = os.path.join(folder, prefix + str(os.getpid()))
     try:
         write(tmp)
         os.replace(tmp, path)
-    except RuntimeError as e:  # how torch.save reports a failed write
-        raise OSError(str(e).strip().splitlines()[-1]) from None
+    except RuntimeError:  # how torch.save reports a failed write, in its internals' words
+        raise OSError('the write failed; is the disk full?') from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
 
 
-def check(where, fix, *rules):
-    """UserError naming the file and its first field that is wrong; a rule: (field, value, ok, expected)."""
-    for field, value, ok, expected in rules:
-        if not ok:
-            found = f'shape {tuple(value.shape)}, dtype {value.dtype}' if hasattr(value, 'dtype') else type(value)
-            raise UserError(f'{where} holds {field} of {found}, expected {expected}: {fix}')
+def read_bytes(path):
+    """The bytes of a regular file of at most LIMIT bytes (a FIFO or a device might never end)."""
+    if not os.path.isfile(path) or os.path.getsize(path) > LIMIT:
+        raise UserError(f'{path} is ' + ('missing' if not os.path.lexists(path) else
+                                         'no CIFAR-10 file: not a regular file of at most 256 MiB'))
+    with open(path, 'rb') as f:
+        return f.read(LIMIT)
 
 
-def read_cache(path):
-    """The split in a cache file, if dense uint8 (N, 32, 32, 3) images, int64 (N,) labels in 0..9 and 10 classes."""
-    fix = 'delete it and it will be rebuilt from the official files'
-    try:  # weights_only: tensors and plain data, never code
-        with warnings.catch_warnings():  # torch's warnings about a garbled file would only add noise to the error
-            warnings.simplefilter('ignore')
-            split = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise UserError(f'{path} cannot be read ({type(e).__name__}; truncated or corrupt?): {fix}') from None
-    images, labels, classes = map((split if isinstance(split, dict) else {}).get, ('images', 'labels', 'classes'))
-    dense = [isinstance(x, torch.Tensor) and x.layout == torch.strided and x.is_contiguous() for x in (images, labels)]
-    n = len(images) if dense[0] and images.dtype == torch.uint8 and images.shape[1:] == (32, 32, 3) else 0
-    check(path, fix, ('images', images, n > 0, 'a dense uint8 tensor of shape (N, 32, 32, 3)'),
-          ('labels', labels, dense[1] and labels.dtype == torch.int64 and n > 0 and labels.shape == (n,)
-           and 0 <= labels.min() and labels.max() < NUM_CLASSES, f'a dense int64 tensor of shape ({n},) in 0..9'),
-          ('classes', classes, isinstance(classes, list) and len(classes) == NUM_CLASSES
-           and all(isinstance(c, str) for c in classes), f'a list of {NUM_CLASSES} class names'))
-    return split
+class Pickled:
+    """A numpy array or dtype of an official file as it was pickled: no numpy code runs, and nothing
+    is allocated beyond the file's own bytes (numpy.ndarray(shape) could ask for gigabytes)."""
+
+    def __init__(self, *args):
+        self.args = args
+
+    def __setstate__(self, state):
+        self.state = state
 
 
 class OfficialUnpickler(pickle.Unpickler):
-    """A pickle may name any function to call: this one refuses all but those the official files' arrays need."""
-    allowed = {('numpy', 'ndarray'), ('numpy', 'dtype'), ('numpy.core.multiarray', '_reconstruct'),
-               ('numpy._core.multiarray', '_reconstruct'), ('_codecs', 'encode')}
+    """A pickle may call any function it names: this one allows numpy's array names, as Pickled."""
 
     def find_class(self, module, name):
-        if (module, name) not in self.allowed:
-            raise pickle.UnpicklingError(f'it asks to call {module}.{name}, which no CIFAR-10 file does')
-        return super().find_class(module, name)
+        if module.split('.')[0] != 'numpy' or name not in ('ndarray', 'dtype', '_reconstruct'):
+            raise pickle.UnpicklingError(f'it calls {inert(module)}.{inert(name)}, unlike CIFAR-10')
+        return Pickled
 
 
-def read_official(folder, origin, fix):
-    """The official python layout (pickled dicts of numpy arrays), each file checked on its own."""
-    splits, classes = {'train': [], 'test': []}, []  # what the files hold, filled in below
-    for name in ['batches.meta'] + CIFAR_FILES:
-        path = os.path.join(folder, name)
+def check_split(split, where, fix):
+    """split, made dense (the original airbench's images are a transposed view), if its images,
+    labels and class names are CIFAR-10's kind; else a UserError naming what is wrong."""
+    get = split.get if isinstance(split, dict) else {}.get
+    images, labels, classes = get('images'), get('labels'), get('classes')
+    on_cpu = [isinstance(t, torch.Tensor) and t.device.type == 'cpu' for t in (images, labels)]
+    if not (on_cpu[0] and images.dtype == torch.uint8 and images.shape[1:] == (32, 32, 3)
+            and 0 < len(images) <= 50000):
+        wrong = 'images: not 1 to 50,000 uint8 images (N, 32, 32, 3)'
+    elif not (on_cpu[1] and labels.dtype == torch.int64 and labels.shape == (len(images),)
+              and 0 <= labels.min() and labels.max() < NUM_CLASSES):
+        wrong = 'labels: not N int64 labels in 0..9'
+    elif not (isinstance(classes, list) and len(classes) == NUM_CLASSES):
+        wrong = 'classes: not 10 class names'
+    else:
+        return {**split, 'images': images.contiguous(), 'labels': labels.contiguous()}
+    raise UserError(f'{where} is not CIFAR-10 data ({wrong}): {fix}')
+
+
+def read_official(files, folder, fix):
+    """{'train': split, 'test': split} from the official files ({name: bytes}), each checked."""
+    parts = {}
+    for name in CIFAR_FILES:
         try:
-            with open(path, 'rb') as f:
-                content = OfficialUnpickler(f, encoding='bytes').load()
-        except FileNotFoundError:
-            raise UserError(f'{path} is missing: {folder} is not a complete CIFAR-10 folder; {fix}') from None
-        except ModuleNotFoundError:
-            raise UserError(f'reading {path} needs numpy, which is not installed: pip install numpy') from None
-        except Exception as e:  # truncated, corrupt, or refused by the unpickler
-            raise UserError(f'{path} cannot be read ({type(e).__name__}: {e}): truncated or corrupt, or not an '
-                            f'official CIFAR-10 file; {fix}') from None
-        get = content.get if isinstance(content, dict) else {}.get
-        if name == 'batches.meta':
-            with contextlib.suppress(AttributeError, TypeError, UnicodeDecodeError):
-                classes = [c.decode() for c in get(b'label_names')]
-            check(path, fix, ('label_names', get(b'label_names'), len(classes) == NUM_CLASSES, '10 UTF-8 byte strings'))
-            continue
-        data, labels = get(b'data'), get(b'labels')
-        rows = len(data) if getattr(data, 'dtype', '') == 'uint8' and getattr(data, 'shape', ())[1:] == (3072,) else -1
-        check(path, fix, ('data', data, rows >= 0, 'a uint8 array of shape (N, 3072)'),
-              ('labels', labels, isinstance(labels, list) and len(labels) == rows
-               and all(type(v) is int and 0 <= v < NUM_CLASSES for v in labels),
-               f'a list of {rows} integers in 0..{NUM_CLASSES - 1}'))
-        split = {'images': torch.from_numpy(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()),
-                 'labels': torch.tensor(labels, dtype=torch.int64), 'classes': classes}
-        splits['test' if name == 'test_batch' else 'train'].append(split)
-    return {s: {'images': torch.cat([p['images'] for p in parts]), 'labels': torch.cat([p['labels'] for p in parts]),
-                'classes': classes, 'origin': origin} for s, parts in splits.items()}
+            content = OfficialUnpickler(io.BytesIO(files[name]), encoding='bytes').load()
+            if name == 'batches.meta':
+                classes = [c.decode() for c in content[b'label_names']]
+                continue
+            _, shape, dtype, _, raw = content[b'data'].state  # as numpy pickles an array
+            labels = content[b'labels']
+            if tuple(shape)[1:] != (3072,) or dtype.args[:1] not in (('u1',), (b'u1',)) or not all(
+                    type(v) is int and 0 <= v < NUM_CLASSES for v in labels):
+                raise ValueError('it does not hold rows of 3,072 uint8 values with labels in 0..9')
+            images = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(-1, 3, 32, 32)
+            images, labels = images.permute(0, 2, 3, 1), torch.tensor(labels, dtype=torch.int64)
+        except Exception as e:
+            raise UserError(f'{os.path.join(folder, name)} is not an official CIFAR-10 file '
+                            f'({type(e).__name__}: {inert(e)}): {fix}') from None
+        split = {'images': images, 'labels': labels, 'classes': classes}
+        parts[name] = check_split(split, os.path.join(folder, name), fix)
+    return {split: {'images': torch.cat([parts[n]['images'] for n in names]), 'classes': classes,
+                    'labels': torch.cat([parts[n]['labels'] for n in names])}
+            for split, names in (('train', CIFAR_FILES[1:6]), ('test', CIFAR_FILES[6:]))}
 
 
-def extract_archive(archive, data_dir):
-    """cifar-10-batches-py/ next to the archive, through a temp folder and a rename (if another invocation
-    renames first, its folder is used); returns what the archive is, by its MD5."""
+def read_torch(path, fix):
+    """torch.load(weights_only=True) of a torch.save file, checked first so that its work is
+    bounded: at most LIMIT bytes, members stored as torch.save stores them, no codec (punycode's
+    time is quadratic)."""
+    raw = read_bytes(path)
     try:
-        packed = pathlib.Path(archive).read_bytes()
-    except OSError as e:
-        raise UserError(f'cannot read {archive} ({e.strerror or e})') from None
-    try:  # all of the gzip stream first: its CRC is at the end, which tar stops before
-        tar = tarfile.open(fileobj=io.BytesIO(zlib.decompress(packed, 16 + zlib.MAX_WBITS)))
-        top = 'cifar-10-batches-py' + os.sep
-        members = [m for m in tar.getmembers() if m.isfile() and os.path.normpath(m.name).startswith(top)]
-    except (OSError, zlib.error, tarfile.TarError) as e:
-        raise UserError(f'{archive} is damaged ({e}): delete it and download it again') from None
-    if not members:
-        raise UserError(f'{archive} holds no cifar-10-batches-py/ folder: it is not the CIFAR-10 python archive')
-    tmp = os.path.join(data_dir, f'.extract-{os.getpid()}')
-    target = os.path.join(data_dir, 'cifar-10-batches-py')
-    try:
-        tar.extractall(tmp, members=members, **({'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}))
-        os.replace(os.path.join(tmp, 'cifar-10-batches-py'), target)
-    except OSError as e:
-        if not os.path.isdir(target):
-            raise UserError(f'cannot extract {archive} into {data_dir} ({e.strerror or e}): extract it yourself '
-                            '(tar xzf) or use a writable --data-dir with room for it') from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    md5 = hashlib.md5(packed).hexdigest()
-    return f'cifar-10-python.tar.gz with MD5 {md5}: ' + ('the official release' if md5 == OFFICIAL_MD5 else
-                                                          'not the official release (repacked or synthetic)')
+        with zipfile.ZipFile(io.BytesIO(raw)) as z:
+            if any(i.compress_type or b'_codecs' in z.read(i) for i in z.infolist()):
+                raise ValueError('it holds more than tensors and plain data')
+        with warnings.catch_warnings():  # torch's warnings on a garbled file would bury ours
+            warnings.simplefilter('ignore')
+            return torch.load(io.BytesIO(raw), map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise UserError(f'{path} cannot be read ({type(e).__name__}: {inert(e)}): {fix}') from None
 
 
 def load_cifar10(data_dir):
-    """({'train': split, 'test': split}, source), a split of uint8 NHWC `images`, int64 `labels`, `classes` and
-    `origin`, from the cache, else the official folder, else its archive, else a download; then cached."""
-    caches = {s: os.path.join(data_dir, f'{s}.pt') for s in ('train', 'test')}
-    if all(os.path.isfile(p) for p in caches.values()):
-        return {split: read_cache(path) for split, path in caches.items()}, 'cache'
+    """({'train': split, 'test': split}, source), a split of uint8 NHWC `images`, int64 `labels`,
+    `classes` and their `origin`: from train.pt and test.pt (our cache, or the original airbench's),
+    else cifar-10-batches-py/, else cifar-10-python.tar.gz read in memory, else a download."""
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
-        raise UserError(f'--data-dir {data_dir} is a file, not a folder: point it at the folder holding CIFAR-10')
+        raise UserError(f'--data-dir {data_dir} is a file, not the folder that holds CIFAR-10')
+    cache = {split: os.path.join(data_dir, f'{split}.pt') for split in ('train', 'test')}
+    if all(os.path.exists(path) for path in cache.values()):
+        fix = 'delete train.pt and test.pt, and they are rebuilt from the official files'
+        splits = {s: check_split(read_torch(path, fix), path, fix) for s, path in cache.items()}
+        return {split: {**part, 'origin': inert(part.get('origin', 'the original airbench'))}
+                for split, part in splits.items()}, 'cache'
     folder = os.path.join(data_dir, 'cifar-10-batches-py')
     archive = os.path.join(data_dir, 'cifar-10-python.tar.gz')
-    source, origin = 'official pickles', 'cifar-10-batches-py/ as found'
-    fix = f'delete {folder} and extract cifar-10-python.tar.gz again'
-    if not os.path.isdir(folder):
-        source = 'official archive' if os.path.isfile(archive) else 'download'
-        tmp = f'{data_dir}/.download-{os.getpid()}'
-        try:
-            if source == 'download':
-                os.makedirs(tmp)
-                import torchvision
+    if os.path.isdir(folder):
+        files = {name: read_bytes(os.path.join(folder, name)) for name in CIFAR_FILES}
+        source, origin, fix = 'pickles', folder, f'replace {folder} with a good copy'
+    else:
+        source, fix = 'archive', f'{archive} is not CIFAR-10: delete it and download it again'
+        if not os.path.exists(archive):
+            source = 'download'
+            try:
+                from torchvision.datasets.utils import download_url  # torchvision: only for this
                 say(f'downloading CIFAR-10 into {data_dir} ...')
-                torchvision.datasets.CIFAR10(tmp, download=True)
-                os.replace(os.path.join(tmp, 'cifar-10-python.tar.gz'), archive)
-        except Exception as e:  # no torchvision (installed only to download), no network, no room
-            raise UserError(f'no CIFAR-10 in {data_dir} and downloading it with torchvision failed ({type(e).__name__}:'
-                            f' {e}): check the network, or put cifar-10-python.tar.gz there') from None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        origin = extract_archive(archive, data_dir)
-        fix = f'{archive} is not a good copy of CIFAR-10: delete it and {folder}, and download it again'
-    splits, written = read_official(folder, origin, fix), []
+                atomic_write(archive, lambda tmp: download_url(URL, *os.path.split(tmp)))
+            except Exception as e:  # no torchvision, no network, no room
+                raise UserError(f'no CIFAR-10 in {data_dir}, and its download failed ('
+                                f'{type(e).__name__}: {inert(e)}): put the archive there') from None
+        packed, inflate = read_bytes(archive), zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:  # in memory, never extracted: all of the gzip stream first, so that its CRC is checked
+            tar = tarfile.open(fileobj=io.BytesIO(inflate.decompress(packed, LIMIT)))
+            if inflate.unconsumed_tail or not inflate.eof:
+                raise ValueError('it ends early, or unpacks to more than CIFAR-10 holds')
+            files = {m.name.rpartition('/')[2]: tar.extractfile(m).read() for m in tar
+                     if m.isfile() and m.name.startswith('cifar-10-batches-py/')}
+        except (ValueError, zlib.error, tarfile.TarError) as e:
+            raise UserError(f'{archive} is damaged ({inert(e)}): download it again') from None
+        md5 = hashlib.md5(packed).hexdigest()
+        origin = f'{archive}, MD5 {md5} ' + ('(as released)' if md5 == MD5 else '(not as released)')
+    splits = read_official(files, folder, fix)
+    splits = {s: {**split, 'origin': origin} for s, split in splits.items()}
     try:
-        for split, path in caches.items():
+        for split, path in cache.items():
             atomic_write(path, lambda tmp: torch.save(splits[split], tmp))
-            written.append(path)
-    except BaseException as e:  # a full disk, a read-only folder or Ctrl-C: no half cache is left
-        for path in written:
-            os.remove(path)
-        if not isinstance(e, OSError):
-            raise
-        say(f'note: could not write the cache in {data_dir} ({e.strerror or e}); reading the pickles again next time')
+    except OSError as e:
+        say(f'note: cannot write the cache in {data_dir} ({e.strerror or e}); rereading next time')
     return splits, source
 
 
-def environment(dev):
-    """The machine and software, for the log; 'summary' is its one-line form."""
-    gpu, smi, cpu = None, None, platform.processor() or platform.machine()
-    model, autocast = (str(t).replace('torch.', '') if t else None for t in (dev.model_dtype, dev.autocast_dtype))
-    with contextlib.suppress(OSError, subprocess.SubprocessError):  # the GPU and nvidia-smi's report, if any
-        gpu = torch.cuda.get_device_name(dev.torch_device) if dev.type == 'cuda' else None
-        smi = subprocess.run(['nvidia-smi'], capture_output=True, text=True, timeout=10).stdout if gpu else None
-    summary = f"{dev.type} ({gpu or cpu}; {model} weights" + (f', {autocast} autocast forward)' if autocast else ')')
-    return {'device': dev.type, 'model_dtype': model, 'autocast_dtype': autocast, 'torch': str(torch.__version__),
-            'cuda': torch.version.cuda, 'gpu': gpu, 'nvidia_smi': smi, 'python': platform.python_version(), 'cpu': cpu,
-            'threads': torch.get_num_threads(), 'summary': summary + (f'; note: {dev.note}' if dev.note else '')}
-
-
-class RunLog:
-    """logs/<script>-<date>-<time>-<id>/log.json and log.pt (with the `code` and `accs`), rewritten after every run.
-    Under torchrun each process also writes runs-rank<r>.json, merging what it sees; rank 0 merges all at the end."""
-
-    def __init__(self, folder, code, record, part):
-        self.dir, self.code, self.record, self.part = folder, code, record, part
-        self.write()
-
-    def write(self, parts=None):
-        """This process's part, then log.json and log.pt from it or from the parts given or found."""
-        world = self.record['world_size']
-        files = [os.path.join(self.dir, f'runs-rank{r}.json') for r in range(world)]
-
-        def dump(path, obj):
-            atomic_write(path, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(obj, indent=1)))
-        try:
-            os.makedirs(self.dir, exist_ok=True)
-            if world > 1:
-                dump(files[self.part['rank']], self.part)
-                parts = parts or [json.loads(pathlib.Path(f).read_text()) for f in files if os.path.isfile(f)]
-                self.record['processes'] = [{k: v for k, v in p.items() if k != 'runs'} for p in parts]
-            statuses = [p['status'] for p in parts or [self.part]] + ['running'] * (world - len(parts or [1]))
-            status = next((s for s in ('diverged', 'failed', 'interrupted', 'running') if s in statuses), 'complete')
-            runs = sorted((r for p in parts or [self.part] for r in p['runs']), key=lambda r: r['run'])
-            accs = [r['tta_val_acc'] for r in runs]
-            mean = sum(accs) / len(accs) if runs else None  # mean, std and n, as the original reports them
-            std = math.sqrt(sum((a - mean)**2 for a in accs) / (len(accs) - 1)) if len(runs) > 1 else None
-            self.record.update(status=status, runs=runs, summary={'n': len(runs), 'mean': mean, 'std': std})
-            dump(os.path.join(self.dir, 'log.json'), self.record)
-            full = {**self.record, 'code': self.code, 'accs': torch.tensor(accs, dtype=torch.float64)}
-            atomic_write(os.path.join(self.dir, 'log.pt'), lambda tmp: torch.save(full, tmp))
-        except OSError as e:
-            raise UserError(f'cannot write the log in {self.dir} ({e.strerror or e}): free some space or pass '
-                            'another --log-dir; its log.json keeps every run it could record') from None
-
-    def finish(self, status, message=None):
-        self.part.update(status=status, finished=time.strftime('%Y-%m-%d %H:%M:%S'), message=message)
-        self.record.update(finished=self.part['finished'], message=message)
-        self.write()
+def write_log(folder, record, final=False):
+    """log.json (log-rank<r>.json in process r > 0 under torchrun), rewritten whole after every run,
+    and at the end (final) the original's log.pt with `code` and `accs`; by temp file and rename."""
+    accs = [r['tta_val_acc'] for r in record['runs']]
+    mean = sum(accs) / len(accs) if accs else None  # mean, std and n, as the original reports them
+    std = math.sqrt(sum((a - mean)**2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else None
+    record['summary'] = {'n': len(accs), 'mean': mean, 'std': std}
+    name = os.path.join(folder, f"log-rank{record['rank']}" if record['rank'] else 'log')
+    try:
+        os.makedirs(folder, exist_ok=True)
+        atomic_write(name + '.json', lambda tmp: pathlib.Path(tmp).write_text(json.dumps(record)))
+        if final:
+            accs = torch.tensor(accs, dtype=torch.float64)
+            atomic_write(name + '.pt', lambda tmp: torch.save({**record, 'accs': accs}, tmp))
+    except OSError as e:
+        raise UserError(f'cannot write the log in {folder} ({e.strerror or e}): free some space or '
+                        'use another --log-dir; its log.json keeps the runs it recorded') from None
 
 
 def leaves(tree, prefix=''):
-    return {key: where for k, v in tree.items()
-            for key, where in (leaves(v, f'{prefix}{k}.') if isinstance(v, dict) else {prefix + k: (tree, k)}).items()}
+    """{'a.b': (the dict holding b, 'b')} for every leaf of a nested dict."""
+    out = {}
+    for k, v in tree.items():
+        out.update(leaves(v, f'{prefix}{k}.') if isinstance(v, dict) else {prefix + k: (tree, k)})
+    return out
+
+
+def check_ranges(hyp, ranges):
+    """A UserError for the first hyperparameter outside its range: {key: (low, high) or choices}."""
+    for key, allowed in ranges.items():
+        tree, leaf = leaves(hyp)[key]
+        choices = isinstance(allowed[0], str)
+        if not (tree[leaf] in allowed if choices else allowed[0] <= tree[leaf] <= allowed[1]):
+            rule = ' or '.join(map(repr, allowed)) if choices else 'in [{}, {}]'.format(*allowed)
+            raise UserError(f'--set {key}={tree[leaf]!r} is out of range: it must be {rule}')
 
 
 def apply_overrides(hyp, pairs):
-    """(a copy of hyp with the --set KEY=VALUE pairs applied, {key: value}); values are JSON, else text."""
+    """(a copy of hyp with the --set KEY=VALUE pairs applied, {key: value}); a value is JSON (true
+    or false in any case), else text, and must have the type of the default."""
     new, overrides = json.loads(json.dumps(hyp)), {}
     for pair in pairs:
         key, sep, text = (s.strip() for s in pair.partition('='))
-        if not sep:
-            raise UserError(f'--set {pair!r} is not KEY=VALUE, e.g. --set opt.train_epochs=2')
-        if key not in leaves(new):
-            hint = ''.join(f'did you mean {k}? ' for k in difflib.get_close_matches(key, leaves(new), n=1))
-            raise UserError(f'--set {key}: no such hyperparameter; {hint}valid keys: {", ".join(leaves(new))}')
+        if not sep or key not in leaves(hyp):
+            raise UserError(f'--set {inert(pair)!r} is not KEY=VALUE with a KEY of: '
+                            + ', '.join(leaves(hyp)))
         tree, leaf = leaves(new)[key]
-        default = leaves(hyp)[key][0][leaf]  # the script's, whatever --set did before
-        with contextlib.suppress(ValueError):  # true/false in any case, numbers, else text
+        default = leaves(hyp)[key][0][leaf]
+        with contextlib.suppress(ValueError, RecursionError):
             text = json.loads(text.lower() if type(default) is bool else text)
-        value = float(text) if type(default) is float and type(text) is int else text
-        if type(value) is not type(default) or type(value) is float and not math.isfinite(value):
-            raise UserError(f'--set {key}={text!r}: expected {type(default).__name__}, like the default {default!r}')
-        tree[leaf] = overrides[key] = value
+        with contextlib.suppress(OverflowError):  # an int beyond a float's range is refused below
+            text = float(text) if type(default) is float and type(text) is int else text
+        if type(text) is not type(default) or type(text) is float and not math.isfinite(text):
+            raise UserError(f'--set {key}={inert(text)!r}: expected a finite '
+                            f'{type(default).__name__}, like the default {default!r}')
+        tree[leaf] = overrides[key] = text
     return new, overrides
 
 
 def parse_command_line(description, hyp, check_hyp, default_runs, argv=None):
-    """The flags of every script: (args, hyp with the --set overrides applied and checked, overrides)."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog='Exit status: 0 done, 1 diverged, 2 bad input, 130 interrupted, 143 terminated.')
+    """The flags of every script: (args, hyp with the --set overrides applied and checked, them)."""
+    p = argparse.ArgumentParser(description=description, epilog='Exit status: 0 done, 1 diverged, '
+                                '2 bad input, 130 interrupted, 143 terminated.',
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--runs', type=int, default=default_runs, metavar='N',
-                   help=f'timed runs (default {default_runs}); their mean, std and n are reported')
-    p.add_argument('--data-dir', default=os.environ.get('AIRBENCH_DATA', 'cifar10'), metavar='DIR',
-                   help='CIFAR-10 folder (default: $AIRBENCH_DATA, else ./cifar10); README.md, "Data"')
-    p.add_argument('--device', choices=['auto', 'cuda', 'cpu', 'mps'], default='auto', help='auto: cuda, mps, else cpu')
+                   help=f'timed runs, 1 to 10^6 (default {default_runs}), reported as mean, std, n')
+    p.add_argument('--data-dir', default=os.environ.get('AIRBENCH_DATA') or 'cifar10',
+                   metavar='DIR', help='the CIFAR-10 folder (default: $AIRBENCH_DATA or ./cifar10)')
+    p.add_argument('--device', choices=['auto', 'cuda', 'cpu', 'mps'], default='auto')
     p.add_argument('--seed', type=int, metavar='S',
-                   help='run k uses seed S + k and the warmup S (default: random, recorded in the log)')
-    p.add_argument('--log-dir', default='logs', metavar='DIR', help='where the log folder is made (default ./logs)')
-    p.add_argument('--no-warmup', action='store_true', help='skip the untimed warmup run on random labels')
+                   help='run k uses seed S + k, the warmup S; S in 0..2^53 (default: random)')
+    p.add_argument('--log-dir', default='logs', metavar='DIR', help='the logs\' folder (./logs)')
+    p.add_argument('--no-warmup', action='store_true', help='no untimed warmup on random labels')
     p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', dest='overrides',
-                   help='a hyperparameter, e.g. opt.train_epochs=2 (repeatable, type-checked, logged); keys: '
-                        + ', '.join(leaves(hyp)))
+                   help='a hyperparameter, e.g. opt.train_epochs=2 (repeatable, type-checked, '
+                        'logged); keys: ' + ', '.join(leaves(hyp)))
     args = p.parse_args(argv)
-    if args.runs < 1:
-        p.error(f'argument --runs: must be a positive integer, got {args.runs}')
-    if args.seed is not None and not 0 <= args.seed <= 2**53:  # a float64 holds it exactly, as JSON readers need
+    if not 1 <= args.runs <= 10**6:
+        p.error(f'argument --runs: must be in 1..10^6, got {args.runs}')
+    if args.seed is not None and not 0 <= args.seed <= 2**53:  # JSON's float64 holds it exactly
         p.error(f'argument --seed: must be in 0..2^53, got {args.seed}')
     run_hyp, overrides = apply_overrides(hyp, args.overrides)
     check_hyp(run_hyp)
     return args, run_hyp, overrides
 
 
-def benchmark(args, hyp, overrides, train_fn, flops_fn, script_path):
-    """The invocation. Under torchrun run k goes to process (k - 1) mod world size, with seed S + k, as in one."""
-    script = os.path.basename(script_path)[:-3]
-    rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
-    dev = Device(args.device, index=int(os.environ.get('LOCAL_RANK', 0)))
+def join_torchrun():
+    """(rank, world size, local rank, local world size) from torchrun's variables, checked. With
+    more than one process they join in a thread: torch's wait for the others ignores signals."""
+    names, failed = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE'), []
+    try:
+        rank, world, local = (int(os.environ.get(name) or d) for name, d in zip(names, '010'))
+        local_world = int(os.environ.get(names[3]) or world)
+    except ValueError:
+        rank = world = -1
+    if not (0 <= rank < world <= 2**16 and 0 <= local < local_world <= world):
+        found = ', '.join(f'{n}={inert(os.environ[n])!r}' for n in names if n in os.environ)
+        raise UserError(f'the torchrun variables {found} disagree: use torchrun, or unset them')
+
+    def join():
+        try:
+            dist.init_process_group('gloo')
+        except Exception as e:  # MASTER_ADDR or MASTER_PORT unset or wrong, no peers in 30 min, ...
+            failed.append(f'{type(e).__name__}: {inert(e)}')
     if world > 1:
-        if dev.type == 'cpu':  # the node's cores, divided between its processes
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-            torch.set_num_threads(max(1, cores // int(os.environ.get('LOCAL_WORLD_SIZE', 1))))
-        # a process dealt fewer runs waits for the others at the end: allow a long CPU run
-        dist.init_process_group('gloo', timeout=datetime.timedelta(days=1))
-        if rank:  # rank 0 speaks for all
-            sys.stdout = open(os.devnull, 'w')
-    data, source = load_cifar10(args.data_dir)  # under torchrun each process: the first to extract it wins
+        joining = threading.Thread(target=join, daemon=True)
+        joining.start()
+        while joining.is_alive():
+            joining.join(0.2)
+    if failed:
+        raise UserError(f'the {world} processes did not join ({failed[0]}): use torchrun')
+    return rank, world, local, local_world
+
+
+def benchmark(args, hyp, overrides, train_fn, flops_fn, script_path):
+    """The invocation. Under torchrun, run k goes to process (k - 1) mod world size, with seed S + k
+    as in one process; each logs its runs in one folder (tools/summarize_logs.py merges them)."""
+    script = os.path.basename(script_path)[:-3]
+    rank, world, local, local_world = join_torchrun()
+    dev = Device(args.device, index=local)
+    if world > 1 and dev.type == 'cpu':  # the node's cores, divided between its processes
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if rank:  # rank 0 speaks for all
+        sys.stdout = open(os.devnull, 'w')
+    data, source = load_cifar10(args.data_dir)
     n_train, n_test = len(data['train']['labels']), len(data['test']['labels'])
     if hyp['opt']['batch_size'] > n_train:
-        raise UserError(f"opt.batch_size={hyp['opt']['batch_size']} is larger than the training set ({n_train} images)")
-    box = [rank or {
-        'script': script, 'started': time.strftime('%Y-%m-%d %H:%M:%S'), 'argv': sys.argv, 'hyp': hyp,
-        'overrides': overrides, 'seed': args.seed if args.seed is not None else secrets.randbelow(2**31),
-        'warmup': not args.no_warmup, 'world_size': world,
-        'flops_per_run': flops_fn(hyp, n_train, n_test), 'environment': environment(dev),
-        'data': {'dir': os.path.abspath(args.data_dir), 'source': source, 'origin': str(data['train'].get('origin')),
-                 'train': n_train, 'test': n_test},
-        'folder': os.path.join(args.log_dir, f"{script}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}")}]
-    if world > 1:  # rank 0's record, with its log folder and seed, for every process
+        raise UserError(f"opt.batch_size={hyp['opt']['batch_size']} exceeds the {n_train} images")
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    box = [f"{script}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}", seed]
+    if world > 1:  # rank 0's folder and seed, for every process
         dist.broadcast_object_list(box, src=0)
-    record, seed = box[0], box[0]['seed']
-    log = RunLog(record.pop('folder'), pathlib.Path(script_path).read_text(), record, {
-        'rank': rank, 'status': 'running', 'runs': [], 'device': str(dev.torch_device), 'host': platform.node(),
-        'pid': os.getpid(), 'threads': torch.get_num_threads()})
-    say(f"{script}: {record['environment']['summary']}, torch {torch.__version__}"
-        + (f'; {world} processes (torchrun), runs dealt round-robin' if world > 1 else ''))
-    say(f"data: {n_train} train / {n_test} test images from {args.data_dir} ({source}; {record['data']['origin']}); "
-        f"{record['flops_per_run'] / 1e15:.3g} PFLOPs per run; seed {seed}; overrides {overrides or 'none'}")
-    say(f'log: {log.dir}')
+    folder, seed = os.path.join(args.log_dir, box[0]), box[1]
+    gpu = torch.cuda.get_device_name(dev.torch_device) if dev.type == 'cuda' else None
+    smi, formats = None, f'{dev.model_dtype} weights'.replace('torch.', '')
+    with contextlib.suppress(OSError, subprocess.SubprocessError):  # nvidia-smi's report, if any
+        smi = gpu and subprocess.run('nvidia-smi', capture_output=True, text=True, timeout=9).stdout
+    if dev.autocast_dtype:
+        formats += f', {dev.autocast_dtype} autocast'.replace('torch.', '')
+    env = {'device': dev.type, 'gpu': gpu, 'nvidia_smi': smi, 'torch': str(torch.__version__),
+           'cuda': torch.version.cuda, 'python': platform.python_version(),
+           'cpu': platform.machine(), 'threads': torch.get_num_threads(),
+           'summary': f'{dev.type} ({gpu or platform.machine()}; {formats})'
+                      + (f'; note: {dev.note}' if dev.note else '')}
+    record = {'script': script, 'started': time.strftime('%Y-%m-%d %H:%M:%S'), 'argv': sys.argv,
+              'hyp': hyp, 'overrides': overrides, 'seed': seed, 'warmup': not args.no_warmup,
+              'warmup_seconds': None, 'world_size': world, 'rank': rank, 'environment': env,
+              'flops_per_run': flops_fn(hyp, n_train, n_test), 'status': 'running', 'runs': [],
+              'data': {'dir': os.path.abspath(args.data_dir), 'source': source,
+                       'origin': data['train']['origin'], 'train': n_train, 'test': n_test},
+              'code': pathlib.Path(script_path).read_text()}
+    write_log(folder, record)
+    say(f"{script}: {env['summary']}, torch {torch.__version__}")
+    if world > 1:
+        say(f'{world} processes (torchrun): run k on process (k - 1) mod {world}')
+    say(f"data: {n_train} train / {n_test} test images from {args.data_dir} ({source}; "
+        f"{inert(data['train']['origin'])}); {record['flops_per_run'] / 1e15:.3g} PFLOPs per run; "
+        f"seed {seed}; overrides {overrides or 'none'}\nlog: {folder}")
     print_row({c: c for c in COLUMNS}, rule_before=True, rule_after=True)
-    runs = list(range(1 + rank, args.runs + 1, world))
     try:
-        for run in runs if args.no_warmup else ['warmup'] + runs:
+        for run in ['warmup'] * record['warmup'] + list(range(1 + rank, args.runs + 1, world)):
             run_seed = seed if run == 'warmup' else seed + run
             torch.manual_seed(run_seed)
-            train_loader, test_loader = make_loaders(hyp, dev, data)  # fresh: epochs and augmentation are per run
-            if run == 'warmup':  # it only warms the device up, so its labels may as well be noise
-                train_loader.labels = torch.randint(0, NUM_CLASSES, train_loader.labels.shape, device=dev.torch_device)
+            train_loader, test_loader = make_loaders(hyp, dev, data)  # fresh for every run
+            if run == 'warmup':  # it warms the device up (and compiles): its labels may be noise
+                train_loader.labels = torch.randint_like(train_loader.labels, NUM_CLASSES)
+            start = time.perf_counter()
             _, result = train_fn(hyp, dev, train_loader, test_loader, seed=run_seed, run=run)
-            if run != 'warmup':
-                log.part['runs'].append({**result, 'rank': rank, 'device': str(dev.torch_device)})
-                log.write()
-        log.finish('complete')
-        if world > 1:  # rank 0 merges every process's runs, also those of nodes whose folders it cannot see
-            parts = [None] * world
-            try:
-                dist.gather_object(log.part, parts if rank == 0 else None, dst=0)
-            except RuntimeError:
-                raise KeyboardInterrupt('interrupted: another process stopped before the end', 143) from None
-            if rank == 0:
-                log.write(parts)
-    except KeyboardInterrupt as e:
-        log.finish('interrupted', e.args[0] if e.args else 'interrupted')
-        raise
-    except Exception as e:  # a bug or the machine (out of memory, ...) also shows its traceback
-        with contextlib.suppress(UserError):  # a log that could not be written may have no room for this
-            log.finish('diverged' if isinstance(e, TrainingDiverged) else 'failed',
-                       str(e) if isinstance(e, (TrainingDiverged, UserError)) else f'{type(e).__name__}: {e}')
+            if run == 'warmup':
+                record['warmup_seconds'] = time.perf_counter() - start
+            else:
+                record['runs'].append({**result, 'rank': rank, 'device': str(dev.torch_device)})
+                write_log(folder, record)
+        record['status'] = 'complete'
+    except BaseException as e:
+        record['status'] = {KeyboardInterrupt: 'interrupted', TrainingDiverged: 'diverged'}.get(
+            type(e), 'failed')
+        record['message'] = inert(e.args[0] if record['status'] == 'interrupted' and e.args else
+                                  f'{type(e).__name__}: {e}')
         raise
     finally:  # what finished, however the runs ended
-        for r in log.record['runs'] if world > 1 else []:
-            say(f"run {r['run']}: TTA accuracy {r['tta_val_acc']:.4f} in {r['time_seconds']:.2f} s (rank {r['rank']})")
-        s, seconds = log.record['summary'], sum(r['time_seconds'] for r in log.record['runs'])
-        if s['n']:
-            say(f"Mean: {s['mean']:.4f}    Std: {'n/a' if s['std'] is None else format(s['std'], '.4f')}    n: {s['n']}"
-                f"    time per run: {seconds / s['n']:.2f} s")
-        ended = '' if log.record['status'] == 'complete' else f" ({log.record['status']} after {s['n']} finished runs)"
-        say(f"log{ended}: {os.path.abspath(os.path.join(log.dir, 'log.pt'))}")
-    return log
+        record['finished'] = time.strftime('%Y-%m-%d %H:%M:%S')
+        try:
+            write_log(folder, record, final=True)
+        except UserError:
+            if record['status'] == 'complete':
+                raise
+        n, mean, std = record['summary'].values()
+        if n:
+            say(f"Mean: {mean:.4f}    Std: {'n/a' if std is None else format(std, '.4f')}    n: {n}"
+                f"    time per run: {sum(r['time_seconds'] for r in record['runs']) / n:.2f} s"
+                + (' (process 0)' if world > 1 else ''))
+        ended = '' if record['status'] == 'complete' else f" ({record['status']} after {n} runs)"
+        say(f'log{ended}: {os.path.abspath(folder)}'
+            + (f'; tools/summarize_logs.py merges its {world} processes' if world > 1 else ''))
+    return folder
 
 
 def entry(main):
-    """main() as a command: every failure a user can cause or meet is one sentence and an exit status."""
-    prog = os.path.basename(sys.argv[0]) + (f" (rank {os.environ['RANK']})" if 'RANK' in os.environ else '')
-
-    def terminated(signum, frame):  # SIGTERM (torchrun's too, stopping the others) ends the runs as Ctrl-C
+    """main() as a command: a failure that a user can cause or meet is one sentence and a status."""
+    def terminated(signum, frame):  # SIGTERM (torchrun's too, stopping the others) acts as Ctrl-C
         raise KeyboardInterrupt('terminated (SIGTERM)', 128 + signum)
     signal.signal(signal.SIGTERM, terminated)
     try:
-        main()
+        return main()
     except UserError as e:
-        print(f'{prog}: error: {e}', file=sys.stderr)
-        sys.exit(2)
+        status, message = 2, f'error: {e}'
     except TrainingDiverged as e:
-        print(f'{prog}: {e}; stopped. Finished runs are in the log.', file=sys.stderr)
-        sys.exit(1)
+        status, message = 1, f'{e}; stopped. Finished runs are in the log.'
     except KeyboardInterrupt as e:
-        print(f"{prog}: {e.args[0] if e.args else 'interrupted'}; the log keeps every finished run", file=sys.stderr)
-        sys.exit(e.args[1] if len(e.args) > 1 else 130)
+        status = e.args[1] if len(e.args) > 1 else 130
+        message = f"{e.args[0] if e.args else 'interrupted'}; the log keeps every finished run"
+    with contextlib.suppress(OSError):
+        rank = f" (rank {inert(os.environ['RANK'])})" if 'RANK' in os.environ else ''
+        print(f'{os.path.basename(sys.argv[0])}{rank}: {message}', file=sys.stderr)
+    sys.exit(status)
 #=== end shared: harness
+
+
+def check_hyp(hyp):
+    """Refuses in one sentence what the method cannot run with (--set has checked the types); upper
+    bounds keep a slip such as opt.train_epochs=1e12 from exhausting memory."""
+    check_ranges(hyp, {
+        'opt.train_epochs': (1e-3, 1000), 'opt.batch_size': (1, 50000), 'opt.lr': (1e-9, math.inf),
+        'opt.momentum': (0, 0.999), 'opt.weight_decay': (0, math.inf),
+        'opt.label_smoothing': (0, 1), 'opt.lr_start': (0, math.inf),
+        'opt.lr_peak_at': (1e-6, 0.999), 'opt.lr_end': (0, math.inf),
+        'aug.flip': ('alternating', 'random', 'none'), 'aug.translate': (0, 8),
+        'aug.cutout': (0, 32), 'net.tta_level': (0, 2),
+        **{f'net.widths.{block}': (1, 4096) for block in hyp['net']['widths']}})
 
 
 def main(argv=None):

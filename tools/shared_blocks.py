@@ -19,9 +19,10 @@ forward reference: a top-level function or class (main() aside) that uses a top-
 script defines only below it, so the script does not read top to bottom.
 tests/test_shared_blocks.py runs the check.
 
-What is a block: the Setup every script starts with (errors, device, timer, the table), every
-piece of the method that scripts share word for word (the loader, BatchNorm, Conv, Mul,
-whitening, lookahead, TTA, step count, lr schedule, optimizer), and the whole harness. What stays per script: the pieces in which the methods differ (hyp, check_hyp,
+What is a block: the Setup every script starts with (errors, the device and its formats), the
+per-epoch table, the timer and the FLOPs counter, every piece of the method that scripts share word
+for word (the loader, BatchNorm, Conv, Mul, whitening, lookahead, TTA, step count, lr schedule,
+optimizer), and the whole harness. What stays per script: the pieces in which the methods differ (hyp, check_hyp,
 ConvGroup, make_net, train, flops_per_run), even where a few scripts happen to agree today; a
 block around them would add marker lines to the diff of every pair that disagrees, and the diffs
 are what a reader reads. Where such copies must agree, the tests compare them (main7_mirror.py
@@ -31,6 +32,7 @@ rungs differ only in their feature).
 import ast
 import builtins
 import difflib
+import os
 import re
 import symtable
 import sys
@@ -41,7 +43,9 @@ SCRIPT_GLOBS = ('airbench*.py', 'ablations/*.py', 'legacy/*.py')
 
 HARNESS = ('harness',)
 METHOD = ('loader', 'batchnorm', 'conv', 'mul', 'whitening', 'lookahead', 'tta', 'steps', 'schedule', 'optimizer')
-ALWAYS = ('setup',) + HARNESS  # every script: airbench94's Setup above its method, its harness below
+# every script: airbench94's Setup above its method, the per-epoch table, the timer and the FLOPs counter
+# inside it, its harness below
+ALWAYS = ('setup', 'logging', 'timer', 'flops') + HARNESS
 REFERENCE = {name: 'airbench94.py' for name in ALWAYS + METHOD}
 REFERENCE['reinit'] = 'airbench94_compiled.py'  # only the scripts that keep one net per invocation
 ALL = tuple(REFERENCE)
@@ -55,8 +59,9 @@ CARRIED = {
     # Muon: no lookahead, its own lr schedules and optimizers
     'airbench94_muon.py': tuple(b for b in SGD_FAMILY if b not in ('lookahead', 'schedule', 'optimizer')) + ('reinit',),
     'airbench96_faster.py': SGD_FAMILY + ('reinit',),
-    # the speedrun: its own SVD whitening, Muon, lr schedules, optimizers and selective TTA
-    'airbench94_speedrun.py': ('loader', 'batchnorm', 'conv', 'mul', 'steps', 'reinit'),
+    # the speedrun: its own loader (with brightness/contrast jitter), SVD whitening, Muon, lr schedules,
+    # optimizers and selective TTA
+    'airbench94_speedrun.py': ('batchnorm', 'conv', 'mul', 'steps', 'reinit'),
 }
 # the ablation ladder (issue 10): one entry per rung
 _NO_FEATURES = tuple(b for b in SGD_FAMILY if b not in ('conv', 'whitening', 'lookahead'))  # main0's blocks
@@ -253,6 +258,18 @@ def sizes(text):
             'method': harness - header - (setup_end - setup_start), 'harness': len(lines) - harness}
 
 
+def write_atomically(path, text):
+    """text into path by a temp file beside it and a rename: a failed write (a full disk) leaves the
+    script as it was, never truncated."""
+    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def project_scripts(repo=REPO):
     """Every standalone script of the project, relative to the repository root."""
     return sorted({str(p.relative_to(repo)) for pattern in SCRIPT_GLOBS for p in repo.glob(pattern)})
@@ -308,7 +325,7 @@ def main(argv):
                 out.append(f'{script} not updated: {e}')
                 continue
             if new != text:
-                path.write_text(new)
+                write_atomically(path, new)
                 out.append(f'updated {script}')
     found = [] if argv == ['sizes'] else problems()
     try:
