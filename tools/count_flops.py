@@ -82,10 +82,16 @@ def main(argv):
         print(f"{r['script']:<28} {' '.join(r['overrides']):<44} {r['pflops']:.4f} PFLOPs{vs}")
     if '--write' in argv:
         path = REPO / 'logs' / f'flops-{time.strftime("%Y%m%d")}.json'
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_suffix('.tmp')
-        tmp.write_text(json.dumps(rows, indent=1) + '\n')
-        os.replace(tmp, path)
+        tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')  # a failed write leaves the old file whole
+        try:
+            path.parent.mkdir(exist_ok=True)
+            tmp.write_text(json.dumps(rows, indent=1) + '\n')
+            os.replace(tmp, path)
+        except OSError as e:
+            print(f'count_flops.py: error: cannot write {path} ({e.strerror or e})', file=sys.stderr)
+            sys.exit(2)
+        finally:
+            tmp.unlink(missing_ok=True)
         print(f'recorded in {path.relative_to(REPO)}')
 
 
