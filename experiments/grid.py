@@ -1,0 +1,238 @@
+"""The engine under every experiment command: a grid of cells (a script, its overrides, a data order,
+a number of runs), run with the script's own train(), dealt to torchrun's processes, resumable.
+
+    python experiments/table1.py --preset smoke --data-dir DIR            # seconds
+    torchrun --nproc_per_node 8 experiments/table1.py --preset paper      # one node, 8 GPUs
+    python experiments/table1.py --preset cpu --analyze                   # the table, from what finished
+
+A grid's folder is <log-dir>/<experiment>-<preset>/ (the same for every invocation, so rerunning the
+command continues the grid): plan.json (the grid, written once; a rerun with another grid is refused),
+labels.pt (the test labels, uint8, once) and runs/<cell>/<k>.json and .pt for run k of each cell. The
+.pt holds the predicted class of every test example (uint8), from one trained net, for each
+evaluation (no TTA and the cell's TTA); the .json (written last, by temp file and rename) marks the
+run finished and holds its seed, config, code version, device and accuracies. A run whose .json
+exists is skipped, so a grid stopped at any point and restarted finishes with every run exactly once.
+Run k of every cell has seed S + k (common random numbers across cells). Under torchrun the runs
+still to do are dealt round-robin, k-major, to the processes (each writes only its own runs' files,
+so concurrent processes never write the same file), and a partial grid has every cell.
+"""
+import argparse
+import dataclasses
+import hashlib
+import importlib
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+import airbench94  # noqa: E402  (the harness pieces every script shares: the same in all of them)
+
+UserError = airbench94.UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One configuration of a grid: `runs` runs of `script` with `overrides` (--set keys and values)."""
+    name: str
+    script: str
+    overrides: dict
+    runs: int
+    sampling: str = 'reshuffle'   # or 'replacement' (the loader's, paper Table 1)
+    train_subset: int = 0         # the first N training images only; 0: all
+
+    def config(self):
+        return dataclasses.asdict(self)
+
+
+def command_line(experiment, presets, description, argv=None):
+    """The flags of every experiment command; returns the args and the preset's cells."""
+    p = argparse.ArgumentParser(prog=f'experiments/{experiment}.py', description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog='Exit status: 0 done, 2 bad input, 130 interrupted, 143 terminated.')
+    p.add_argument('--preset', choices=list(presets), required=True, help='the grid: ' + ', '.join(presets))
+    p.add_argument('--data-dir', default=os.environ.get('AIRBENCH_DATA') or 'cifar10', metavar='DIR',
+                   help='the CIFAR-10 folder, as for the scripts (default: $AIRBENCH_DATA or ./cifar10)')
+    p.add_argument('--log-dir', default='logs', metavar='DIR',
+                   help=f'the grid goes to DIR/{experiment}-PRESET/ (default ./logs); rerun to continue it')
+    p.add_argument('--device', choices=['auto', 'cuda', 'cpu', 'mps'], default='auto')
+    p.add_argument('--seed', type=int, default=0, metavar='S', help='run k of every cell uses seed S + k')
+    p.add_argument('--analyze', nargs='*', metavar='FOLDER', default=None,
+                   help="print the table from the runs finished so far (also of other folders, e.g. other "
+                        "nodes'), and draw the figure if the command has one; runs nothing")
+    p.add_argument('--plot', metavar='FILE.png', help='with --analyze: where the figure goes')
+    args = p.parse_args(argv)
+    if not 0 <= args.seed <= 2**40:
+        p.error(f'argument --seed: must be in 0..2^40, got {args.seed}')
+    args.folder = Path(args.log_dir) / f'{experiment}-{args.preset}'
+    return args, presets[args.preset]
+
+
+def run_list(cells):
+    """[(cell, k)] k-major: run 1 of every cell, then run 2 of every cell, ..."""
+    return [(cell, k) for k in range(1, max(c.runs for c in cells) + 1) for cell in cells if k <= cell.runs]
+
+
+def code_version(script):
+    """The git commit of the repository (with '+changes' if its tree differs) and the script's sha256."""
+    try:
+        commit = subprocess.run(['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(['git', '-C', str(REPO), 'status', '--porcelain', '--untracked-files=no'],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = '', ''
+    source = (REPO / f'{script}.py').read_bytes()
+    return {'commit': (commit or 'unknown') + ('+changes' if dirty else ''),
+            'script_sha256': hashlib.sha256(source).hexdigest()}
+
+
+def write_plan(folder, experiment, preset, seed, cells):
+    """plan.json, written once; a rerun must plan the same grid (else another folder is needed)."""
+    plan = {'experiment': experiment, 'preset': preset, 'seed': seed, 'cells': [c.config() for c in cells]}
+    path = folder / 'plan.json'
+    if path.exists():
+        try:
+            found = json.loads(airbench94.read_bytes(str(path)))
+        except ValueError:
+            found = None
+        if found != plan:
+            raise UserError(f'{path} holds another grid than this command plans (another preset, seed or code): '
+                            'pass another --log-dir, or delete that folder to start afresh')
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    airbench94.atomic_write(str(path), lambda tmp: Path(tmp).write_text(json.dumps(plan, indent=1)))
+
+
+def finished(folder, cell, k):
+    """The record of run k of cell if it finished (its .json reads), else None."""
+    path = folder / 'runs' / cell.name / f'{k}.json'
+    try:
+        return json.loads(airbench94.read_bytes(str(path)))
+    except (UserError, ValueError):
+        return None
+
+
+def one_run(module, cell, k, seed, dev, data, folder):
+    """Trains run k of cell with the script's own train(); writes its predictions, then its record."""
+    hyp, _ = module.apply_overrides(module.hyp, [f'{key}={json.dumps(v)}' for key, v in cell.overrides.items()])
+    module.check_hyp(hyp)
+    torch.manual_seed(seed)
+    train_loader, test_loader = module.make_loaders(hyp, dev, data)
+    train_loader.sampling = cell.sampling
+    if cell.train_subset:
+        train_loader.images = train_loader.images[:cell.train_subset]
+        train_loader.labels = train_loader.labels[:cell.train_subset]
+    started = time.time()
+    model, record = module.train(hyp, dev, train_loader, test_loader, seed=seed, run=k, verbose=False)
+    tta_level = hyp['net'].get('tta_level', 2)
+    predictions = {}
+    for name, level in (('plain', 0), ('tta', tta_level)):  # both from the one trained net
+        predictions[name] = module.infer(model, test_loader, level).argmax(1).to(torch.uint8).cpu()
+    labels = test_loader.labels.cpu()
+    out = folder / 'runs' / cell.name
+    out.mkdir(parents=True, exist_ok=True)
+    airbench94.atomic_write(str(out / f'{k}.pt'), lambda tmp: torch.save(predictions, tmp))
+    result = {'cell': cell.name, 'run': k, 'seed': seed, 'config': cell.config(), 'hyp': hyp,
+              'code': code_version(cell.script), 'device': str(dev.torch_device),
+              'environment': {'torch': str(torch.__version__), 'host': platform.node(),
+                              'gpu': torch.cuda.get_device_name(dev.torch_device) if dev.type == 'cuda' else None},
+              'time_seconds': record['time_seconds'], 'wall_seconds': time.time() - started,
+              'steps': record['steps'], 'tta_level': tta_level,
+              'tta_val_acc': (predictions['tta'].long() == labels).float().mean().item(),
+              'val_acc': (predictions['plain'].long() == labels).float().mean().item(),
+              'finished': time.strftime('%Y-%m-%d %H:%M:%S')}
+    airbench94.atomic_write(str(out / f'{k}.json'), lambda tmp: Path(tmp).write_text(json.dumps(result)))
+    return result
+
+
+def run_grid(experiment, args, cells):
+    """Every run of the grid not yet finished, dealt to this process; returns how many it ran."""
+    rank, world, _, local_world = airbench94.join_torchrun()
+    dev = airbench94.Device(args.device, index=int(os.environ.get('LOCAL_RANK') or 0))
+    if world > 1 and dev.type == 'cpu':  # the node's cores, divided between its processes
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if rank == 0:
+        write_plan(args.folder, experiment, args.preset, args.seed, cells)
+    else:  # the plan is rank 0's: wait until it is there
+        while not (args.folder / 'plan.json').exists():
+            time.sleep(0.5)
+    data, _ = airbench94.load_cifar10(args.data_dir)
+    labels = args.folder / 'labels.pt'
+    if rank == 0 and not labels.exists():
+        airbench94.atomic_write(str(labels), lambda tmp: torch.save(data['test']['labels'].to(torch.uint8), tmp))
+    todo = [(cell, k) for cell, k in run_list(cells) if finished(args.folder, cell, k) is None]
+    mine = todo[rank::world]
+    say = print if rank == 0 else (lambda *a, **k: None)
+    say(f'{experiment} ({args.preset}): {len(cells)} cells, {sum(c.runs for c in cells)} runs, '
+        f'{len(todo)} to do, {len(mine)} in this process of {world}; folder {args.folder}', flush=True)
+    modules = {}
+    for i, (cell, k) in enumerate(mine):
+        module = modules.setdefault(cell.script, importlib.import_module(cell.script))
+        result = one_run(module, cell, k, args.seed + k, dev, data, args.folder)
+        say(f"[{i + 1}/{len(mine)}] {cell.name} run {k}: TTA {result['tta_val_acc']:.4f}, "
+            f"plain {result['val_acc']:.4f}, {result['time_seconds']:.1f} s", flush=True)
+    return len(mine)
+
+
+def load_results(folders, cells=None):
+    """{cell name: [record, ...]} of every finished run in the folders, each run once (by cell and k)."""
+    found = {}
+    for folder in folders:
+        for path in sorted(Path(folder).glob('runs/*/*.json')):
+            try:
+                record = json.loads(airbench94.read_bytes(str(path)))
+                found.setdefault(record['cell'], {})[record['run']] = record
+            except (UserError, ValueError, KeyError, TypeError):
+                print(f'warning: {airbench94.inert(path)} is not a run record; skipped', file=sys.stderr)
+    names = [c.name for c in cells] if cells else sorted(found)
+    return {name: [found[name][k] for k in sorted(found.get(name, {}))] for name in names}
+
+
+def load_predictions(folder, cell_name, runs, evaluation):
+    """runs x examples uint8 predictions of one evaluation ('plain' or 'tta'), and the labels."""
+    labels = torch.load(Path(folder) / 'labels.pt', weights_only=True).long()
+    rows = [torch.load(Path(folder) / 'runs' / cell_name / f"{r['run']}.pt", weights_only=True)[evaluation]
+            for r in runs]
+    return torch.stack(rows).long() if rows else torch.zeros(0, len(labels), dtype=torch.long), labels
+
+
+def percent(x):
+    return 'n/a' if x is None or (isinstance(x, float) and math.isnan(x)) else f'{100 * x:.2f}'
+
+
+def main(experiment, presets, description, analyze, argv=None):
+    """The command: run the grid (or with --analyze, print its table); one sentence for bad input, and
+    Ctrl-C or SIGTERM keep every finished run."""
+    def terminated(signum, frame):
+        raise KeyboardInterrupt('terminated (SIGTERM)', 143)
+    signal.signal(signal.SIGTERM, terminated)
+    try:
+        args, cells = command_line(experiment, presets, description, argv)
+        if args.analyze is not None:
+            analyze(args, cells, [Path(f) for f in args.analyze] or [args.folder])
+            return
+        run_grid(experiment, args, cells)
+        if int(os.environ.get('RANK') or 0) == 0:
+            analyze(args, cells, [args.folder])
+    except UserError as e:
+        print(f'{experiment}.py: error: {e}', file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt as e:
+        print(f'{experiment}.py: {e.args[0] if e.args else "interrupted"}; every finished run is kept: rerun the '
+              'command to continue', file=sys.stderr)
+        sys.exit(e.args[1] if len(e.args) > 1 else 130)
+
+
+def scaled(widths, factor):
+    """Block widths multiplied by factor (rounded), as overrides."""
+    return {f'net.widths.{block}': max(1, round(width * factor)) for block, width in widths.items()}
