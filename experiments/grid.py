@@ -122,7 +122,7 @@ def finished(folder, cell, k):
         return None
 
 
-def one_run(module, cell, k, seed, dev, data, folder):
+def one_run(module, cell, k, seed, dev, data, folder, version):
     """Trains run k of cell with the script's own train(); writes its predictions, then its record."""
     hyp, _ = module.apply_overrides(module.hyp, [f'{key}={json.dumps(v)}' for key, v in cell.overrides.items()])
     module.check_hyp(hyp)
@@ -143,7 +143,7 @@ def one_run(module, cell, k, seed, dev, data, folder):
     out.mkdir(parents=True, exist_ok=True)
     airbench94.atomic_write(str(out / f'{k}.pt'), lambda tmp: torch.save(predictions, tmp))
     result = {'cell': cell.name, 'run': k, 'seed': seed, 'config': cell.config(), 'hyp': hyp,
-              'code': code_version(cell.script), 'device': str(dev.torch_device),
+              'code': version, 'device': str(dev.torch_device),
               'environment': {'torch': str(torch.__version__), 'host': platform.node(),
                               'gpu': torch.cuda.get_device_name(dev.torch_device) if dev.type == 'cuda' else None},
               'time_seconds': record['time_seconds'], 'wall_seconds': time.time() - started,
@@ -175,10 +175,13 @@ def run_grid(experiment, args, cells):
     say = print if rank == 0 else (lambda *a, **k: None)
     say(f'{experiment} ({args.preset}): {len(cells)} cells, {sum(c.runs for c in cells)} runs, '
         f'{len(todo)} to do, {len(mine)} in this process of {world}; folder {args.folder}', flush=True)
-    modules = {}
+    modules, versions = {}, {}
     for i, (cell, k) in enumerate(mine):
-        module = modules.setdefault(cell.script, importlib.import_module(cell.script))
-        result = one_run(module, cell, k, args.seed + k, dev, data, args.folder)
+        if cell.script not in modules:  # the code version of what is imported, not of a later edit
+            modules[cell.script] = importlib.import_module(cell.script)
+            versions[cell.script] = code_version(cell.script)
+        result = one_run(modules[cell.script], cell, k, args.seed + k, dev, data, args.folder,
+                         versions[cell.script])
         say(f"[{i + 1}/{len(mine)}] {cell.name} run {k}: TTA {result['tta_val_acc']:.4f}, "
             f"plain {result['val_acc']:.4f}, {result['time_seconds']:.1f} s", flush=True)
     return len(mine)
