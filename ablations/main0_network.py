@@ -156,59 +156,101 @@ def batch_cutout(images, size, generator=None):
     return images.masked_fill(inside, 0)
 
 
+class Normalize:
+    """x -> (x - mean) / std per channel, for batches (N, C, H, W) and single images (C, H, W);
+    mean and std are (C,) tensors, as in the original package's loader.normalize."""
+
+    def __init__(self, mean, std):
+        self.mean, self.std = mean, std
+
+    def __call__(self, images):
+        return (images - self.mean.view(-1, 1, 1)) / self.std.view(-1, 1, 1)
+
+
 class CifarLoader:
     """The whole split resident on the device; batches are index gathers, no workers.
 
     split: uint8 NHWC `images`, int64 `labels` and `classes` (load_cifar10() reads them from a data
     folder). `images` (NCHW, in [0, 1], not yet normalised) and `labels` may be replaced, by a
     subset say, until the first epoch begins; len() is the number of batches per epoch.
-    aug: flip ('alternating': epoch 0 mirrors a random half, every later epoch mirrors every
-    image relative to the epoch before; 'random': each image mirrored with p=0.5, drawn anew every
-    epoch; 'none'), translate r (reflect-pad r once, then a random crop per image per epoch),
-    cutout s (one zeroed s x s square per image per epoch, after cropping and flipping, in
-    normalised space). Training loaders (train=True) reshuffle every epoch and drop the last
-    partial batch, unless shuffle or drop_last say otherwise. Random draws come from `generator`
-    (a torch.Generator on the device), else torch's global RNG.
+    aug, read at the start of every epoch (so a change takes effect at the next one): flip
+    ('alternating': epoch 0 mirrors a random half, every later epoch mirrors every image relative to
+    the epoch before; 'random': each image mirrored with p=0.5, drawn anew every epoch; 'none'; the
+    original package's True means 'alternating' if loader.altflip else 'random', False 'none'),
+    translate r (reflect-pad r once, then a random crop per image per epoch), cutout s (one zeroed
+    s x s square per image per epoch, after cropping and flipping, in normalised space). Training
+    loaders (train=True) draw every epoch's order and drop the last partial batch, unless shuffle or
+    drop_last say otherwise; sampling 'reshuffle' (a permutation: each image once per epoch) or
+    'replacement' (len(images) draws with replacement, the textbook SGD of paper Table 1; an image
+    drawn twice in an epoch has one crop and flip). Random draws come from `generator` (a
+    torch.Generator on the device), else torch's global RNG.
     """
 
     def __init__(self, split, dev, batch_size=500, train=True, aug=None, drop_last=None, shuffle=None,
-                 generator=None):
+                 generator=None, sampling='reshuffle'):
         self.dev, self.generator, self.epoch = dev, generator, 0
         # uint8 moves to the device 4x faster than fp32 would, and converts there
         self.images = split['images'].to(dev.torch_device).permute(0, 3, 1, 2)
         self.images = (self.images.to(dev.data_dtype) / 255).contiguous(memory_format=dev.memory_format)
         self.labels = split['labels'].to(dev.torch_device)
         self.classes = split['classes']
-        self.aug = dict(aug or {})
-        unknown = set(self.aug) - {'flip', 'translate', 'cutout'}
-        if unknown or self.aug.get('flip', 'none') not in ('alternating', 'random', 'none'):
-            raise ValueError(f'bad augmentation {self.aug}: use flip (alternating, random, none), translate, cutout')
+        self.aug, self.altflip, self.sampling = dict(aug or {}), False, sampling
+        self.augmentation()  # refuses a bad aug now, as well as at every epoch
         self.batch_size = batch_size
         self.drop_last = train if drop_last is None else drop_last
         self.shuffle = train if shuffle is None else shuffle
-        self.mean = torch.tensor(CIFAR_MEAN, device=dev.torch_device, dtype=dev.data_dtype).view(1, 3, 1, 1)
-        self.std = torch.tensor(CIFAR_STD, device=dev.torch_device, dtype=dev.data_dtype).view(1, 3, 1, 1)
+        self.normalize = Normalize(torch.tensor(CIFAR_MEAN, device=dev.torch_device, dtype=dev.data_dtype),
+                                   torch.tensor(CIFAR_STD, device=dev.torch_device, dtype=dev.data_dtype))
 
     def __setattr__(self, name, value):
-        if name in ('images', 'labels') and self.epoch > 0:  # epoch 0 has prepared (flipped, padded) the images
+        if name in ('images', 'labels') and getattr(self, 'epoch', 0) > 0:  # epoch 0 prepared them
             raise ValueError(f'the loader\'s {name} can be replaced only before its first epoch begins')
+        if name == 'aug' and not isinstance(value, dict):
+            raise UserError(f'loader.aug={value!r} is not a dict such as {{"flip": "alternating"}}')
         super().__setattr__(name, value)
-
-    def normalize(self, images):
-        return (images - self.mean) / self.std
 
     def __len__(self):
         n = len(self.images)
         return n // self.batch_size if self.drop_last else ceil(n / self.batch_size)
 
+    def augmentation(self):
+        """(flip, translate, cutout) as self.aug and self.altflip say now; UserError if they are bad."""
+        flip = self.aug.get('flip', 'none')
+        if isinstance(flip, bool):  # the original package's form
+            flip = ('alternating' if self.altflip else 'random') if flip else 'none'
+        for key, value in self.aug.items():
+            if key == 'flip':
+                ok = flip in ('alternating', 'random', 'none')
+            else:
+                ok = key in ('translate', 'cutout') and type(value) is int and 0 <= value <= 32 // (
+                    4 if key == 'translate' else 1)
+            if not ok:
+                raise UserError(f'loader.aug[{key!r}]={value!r}: use flip (alternating, random, none, '
+                                'True, False), translate (0 to 8 pixels), cutout (0 to 32)')
+        if self.sampling not in ('reshuffle', 'replacement'):
+            raise UserError(f"loader.sampling={self.sampling!r}: use 'reshuffle' or 'replacement'")
+        return flip, self.aug.get('translate', 0), self.aug.get('cutout', 0)
+
+    def prepare(self, preflip, pad):
+        """Normalises the images once, mirrors a random half of them for alternating flip and
+        reflect-pads them, so that each epoch only crops and flips; again whenever aug changes what
+        this did (the centre of the padded images is the unpadded images, exactly)."""
+        side = self.images.size(-1)
+        was_preflipped, old_pad = self.prepared if self.epoch > 0 else (False, 0)
+        if self.epoch == 0 or was_preflipped and not preflip:
+            base = self.normalize(self.images)
+        else:
+            base = self.base[..., old_pad:old_pad + side, old_pad:old_pad + side]
+        if preflip and not (self.epoch > 0 and was_preflipped):
+            base = batch_flip_lr(base, self.generator)
+        self.base = F.pad(base, (pad,) * 4, 'reflect') if pad > 0 else base
+        self.prepared = (preflip, pad)
+
     def next_epoch(self):
         """Augments every image for the coming epoch; returns (images, labels, order)."""
-        flip, pad, cutout = self.aug.get('flip', 'none'), self.aug.get('translate', 0), self.aug.get('cutout', 0)
-        if self.epoch == 0:  # normalise, pre-flip and pad once, so that each epoch only crops and flips
-            base = self.normalize(self.images)
-            if flip == 'alternating':
-                base = batch_flip_lr(base, self.generator)
-            self.base = F.pad(base, (pad,) * 4, 'reflect') if pad > 0 else base
+        flip, pad, cutout = self.augmentation()
+        if self.epoch == 0 or self.prepared != (flip == 'alternating', pad):
+            self.prepare(flip == 'alternating', pad)
         images = batch_crop(self.base, self.images.size(-1), self.generator) if pad > 0 else self.base
         # Alternating flip mirrors every image every other epoch, so any two consecutive epochs show
         # both orientations of each image: more diversity than independent random flips (paper §3.6).
@@ -221,10 +263,12 @@ class CifarLoader:
         images = images.contiguous(memory_format=self.dev.memory_format)
         self.epoch += 1
         n = len(images)
-        if self.shuffle:
-            order = torch.randperm(n, device=images.device, generator=self.generator)
-        else:
+        if not self.shuffle:
             order = torch.arange(n, device=images.device)
+        elif self.sampling == 'replacement':
+            order = torch.randint(n, (n,), device=images.device, generator=self.generator)
+        else:
+            order = torch.randperm(n, device=images.device, generator=self.generator)
         return images, self.labels, order
 
     def __iter__(self):
@@ -288,7 +332,7 @@ class Mul(nn.Module):
 #=== end shared: mul
 
 
-def make_net(hyp):
+def make_net(hyp, num_classes=NUM_CLASSES):
     """The network in fp32 on the current default device; Device.prepare() moves it."""
     widths, momentum = hyp['net']['widths'], hyp['net']['batchnorm_momentum']
     whiten_kernel_size = 2
@@ -302,7 +346,7 @@ def make_net(hyp):
         ConvGroup(widths['block2'], widths['block3'], momentum),
         nn.MaxPool2d(3),
         nn.Flatten(),
-        nn.Linear(widths['block3'], NUM_CLASSES, bias=False),
+        nn.Linear(widths['block3'], num_classes, bias=False),
         Mul(hyp['net']['scaling_factor']),
     )
     return net
@@ -330,10 +374,17 @@ def tta_logits(model, inputs, tta_level):
 
 
 def infer(model, loader, tta_level=0, eval_batch_size=2000):
-    """Logits for every image of the loader, in order, without augmentation other than TTA."""
+    """Logits for every image of the loader, in order, without augmentation other than TTA. Any loader
+    with `images` (NCHW, in [0, 1]) and `normalize` will do, as in the original package; its `dev`,
+    if it has one, gives the autocast."""
+    if tta_level not in (0, 1, 2):
+        raise UserError(f'tta_level={tta_level!r}: use 0 (none), 1 (mirror) or 2 (mirror and translations)')
+    if len(loader.images) == 0:
+        raise UserError('the loader holds no images to evaluate')
     model.eval()
     images = loader.normalize(loader.images)
-    with torch.no_grad(), loader.dev.autocast():
+    autocast = loader.dev.autocast() if hasattr(loader, 'dev') else contextlib.nullcontext()
+    with torch.no_grad(), autocast:
         return torch.cat([tta_logits(model, x, tta_level) for x in images.split(eval_batch_size)])
 
 
@@ -471,7 +522,7 @@ def train(hyp, dev, train_loader, test_loader=None, seed=None, run=0, verbose=Tr
     total_steps = train_steps(o, len(train_loader.images))
     train_loader.epoch = 0  # a loader may be trained on again: its epoch 0 prepares the images afresh
 
-    model = dev.prepare(make_net(hyp) if model is None else model)
+    model = dev.prepare(make_net(hyp, len(train_loader.classes)) if model is None else model)
     optimizer = make_optimizer(model, o)
     schedule = lr_schedule(total_steps, o['lr_start'], o['lr_peak_at'], o['lr_end'])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule[step])

@@ -305,7 +305,7 @@ class Mul(nn.Module):
 #=== end shared: mul
 
 
-def make_net(hyp):
+def make_net(hyp, num_classes=NUM_CLASSES):
     """The network in fp32 on the current default device; Device.prepare() moves it."""
     widths, momentum = hyp['net']['widths'], hyp['net']['batchnorm_momentum']
     whiten_kernel_size = 2
@@ -317,7 +317,7 @@ def make_net(hyp):
         ConvGroup(widths['block1'], widths['block2'], momentum),
         ConvGroup(widths['block2'], widths['block3'], momentum),
         GlobalMaxPool(),
-        nn.Linear(widths['block3'], NUM_CLASSES, bias=False),
+        nn.Linear(widths['block3'], num_classes, bias=False),
         Mul(hyp['net']['scaling_factor']),
     )
     net[0].weight.requires_grad = False  # set by init_whitening_conv() and never trained
@@ -404,10 +404,17 @@ def tta_logits(model, inputs, tta_level):
 
 
 def infer(model, loader, tta_level=0, eval_batch_size=2000):
-    """Logits for every image of the loader, in order, without augmentation other than TTA."""
+    """Logits for every image of the loader, in order, without augmentation other than TTA. Any loader
+    with `images` (NCHW, in [0, 1]) and `normalize` will do, as in the original package; its `dev`,
+    if it has one, gives the autocast."""
+    if tta_level not in (0, 1, 2):
+        raise UserError(f'tta_level={tta_level!r}: use 0 (none), 1 (mirror) or 2 (mirror and translations)')
+    if len(loader.images) == 0:
+        raise UserError('the loader holds no images to evaluate')
     model.eval()
     images = loader.normalize(loader.images)
-    with torch.no_grad(), loader.dev.autocast():
+    autocast = loader.dev.autocast() if hasattr(loader, 'dev') else contextlib.nullcontext()
+    with torch.no_grad(), autocast:
         return torch.cat([tta_logits(model, x, tta_level) for x in images.split(eval_batch_size)])
 
 
@@ -1061,8 +1068,8 @@ def check_hyp(hyp):
         **{f'net.widths.{block}': (1, 4096) for block in hyp['net']['widths']}})
     a = hyp['aug']
     if a['crop_positions'] > 2 * a['translate'] + 1:
-        raise UserError(f"--set aug.crop_positions={a['crop_positions']!r} must be at most 2 x aug.translate + 1 "
-                        f"= {2 * a['translate'] + 1}")
+        raise UserError(f"--set aug.crop_positions={a['crop_positions']!r}: it must be at most "
+                        f"2 x aug.translate + 1 = {2 * a['translate'] + 1}")
 
 
 def main(argv=None):
