@@ -130,16 +130,11 @@ def draw(plt, points, slope):
         ax.plot([], [], 'o', color='tab:blue', label='this grid' + (f' (slope {slope:.3f})' if slope else ''))
     ax.set_xscale('log')
     ax.set_yscale('log')
-    ax.set_xlabel('FLOPs per run (training + TTA)')
-    ax.set_ylabel('test error with TTA (%)')
-    ax.set_title('Figure 3: FLOPs against error')
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    grid.label(ax, 'FLOPs per run (training + TTA)', 'test error with TTA (%)', 'Figure 3: FLOPs against error')
     return fig
 
 
-def main(argv=None):
-    grid.main('figure3', PRESETS, __doc__, analyze, argv)
+main = grid.command('figure3', globals())
 
 
 if __name__ == '__main__':

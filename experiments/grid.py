@@ -329,6 +329,7 @@ def figure(args, folders, name, draw):
     plt.rcParams['text.usetex'] = False
     try:
         fig = draw(plt)
+        fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
         airbench94.atomic_write(str(path), lambda tmp: fig.savefig(tmp, format='png', dpi=120))
     except OSError as e:
@@ -338,6 +339,15 @@ def figure(args, folders, name, draw):
         plt.close('all')
     print(f'figure: {path}')
     return path
+
+
+def label(ax, xlabel, ylabel, title, **title_kwargs):
+    """An axes' labels, title and legend (the legend only if something is labelled)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, **title_kwargs)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
 
 
 def main(experiment, presets, description, analyze, argv=None, datasets=()):
@@ -363,6 +373,14 @@ def main(experiment, presets, description, analyze, argv=None, datasets=()):
         sys.exit(e.args[1] if len(e.args) > 1 else 130)
     finally:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def command(experiment, names):
+    """The main(argv=None) of an experiment module, from its globals (names): its PRESETS, __doc__,
+    analyze and, if it has one, DATASET_FLAGS (the datasets whose folders it takes), read when called."""
+    def main_of_module(argv=None):
+        main(experiment, names['PRESETS'], names['__doc__'], names['analyze'], argv, names.get('DATASET_FLAGS', ()))
+    return main_of_module
 
 
 def scaled(widths, factor):

@@ -68,8 +68,7 @@ def analyze(args, cells, folders):
                   f"(n = {len(a)} and {len(b)}); paper: {paper:+.2f} at full scale")
 
 
-def main(argv=None):
-    grid.main('table1', PRESETS, __doc__, analyze, argv)
+main = grid.command('table1', globals())
 
 
 if __name__ == '__main__':

@@ -38,6 +38,7 @@ from experiments import grid, stats  # noqa: E402
 
 SCRIPT96 = 'airbench96_paper'
 DATASETS = ('cifar10', 'cifar100', 'cinic10', 'svhn')
+DATASET_FLAGS = DATASETS[1:]  # --cifar100-dir, --cinic10-dir, --svhn-dir
 # (dataset, Cutout) -> (ResNet-18 in the literature or None, airbench96 in the paper), accuracy %
 PAPER = {('cifar10', False): (95.55, 95.61), ('cifar10', True): (96.01, 96.05),
          ('cifar100', False): (77.54, 79.27), ('cifar100', True): (78.04, 79.76),
@@ -96,8 +97,7 @@ def analyze(args, cells, folders):
     print('(Table 5 has no figure.)')
 
 
-def main(argv=None):
-    grid.main('table5', PRESETS, __doc__, analyze, argv, datasets=DATASETS[1:])
+main = grid.command('table5', globals())
 
 
 if __name__ == '__main__':

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -97,12 +98,17 @@ def write_cinic(root, per_class=(3, 2), seed=0):
 def test_cifar100_reads_the_official_layout(tmp_path, archive):
     truth = write_cifar100(tmp_path, archive=archive)
     data = datasets.load('cifar100', tmp_path)
+    same(data, truth)
+    assert data['test']['classes'] == [f'fine{i}' for i in range(100)]
+
+
+def same(data, truth):
+    """The splits read hold truth's images (uint8 NHWC, pixel for pixel) and labels (int64)."""
     for split in ('train', 'test'):
         images, labels = truth[split]
-        assert data[split]['images'].dtype.is_floating_point is False
+        assert data[split]['images'].dtype == torch.uint8 and data[split]['labels'].dtype == torch.int64
         assert (data[split]['images'].numpy() == images).all()
-        assert (data[split]['labels'].numpy() == labels).all() and data[split]['labels'].dtype.itemsize == 8
-        assert data[split]['classes'] == [f'fine{i}' for i in range(100)]
+        assert (data[split]['labels'].numpy() == labels).all()
 
 
 def test_cifar100_extracted_folder_given_directly(tmp_path):
@@ -115,11 +121,8 @@ def test_cifar100_extracted_folder_given_directly(tmp_path):
 def test_svhn_reads_the_official_mat_files(tmp_path, compress):
     truth = write_svhn(tmp_path, compress=compress)
     data = datasets.load('svhn', tmp_path)
-    for split in ('train', 'test'):
-        images, labels = truth[split]
-        assert (data[split]['images'].numpy() == images).all()  # column-major X, pixel for pixel
-        assert (data[split]['labels'].numpy() == labels).all() and 0 in labels  # 10 means the digit 0
-    assert data['train']['classes'] == [str(d) for d in range(10)]
+    same(data, truth)  # column-major X read pixel for pixel; 10 means the digit 0
+    assert 0 in truth['train'][1] and data['train']['classes'] == [str(d) for d in range(10)]
 
 
 def test_svhn_labels_stored_in_a_smaller_type(tmp_path):
