@@ -207,8 +207,8 @@ def mat_array(data, order):
 
 def read_mat(raw, wanted):
     """({name: (class, dims, (type, bytes))} of the numeric arrays named in wanted, the byte order as a
-    struct prefix), from a MATLAB v5 file's bytes; other variables are passed over. Compressed elements (zlib) are inflated to at most LIMIT
-    bytes in all. MatError for what is not such a file (HDF5-based v7.3 files included)."""
+    struct prefix), from a MATLAB v5 file's bytes; other variables are passed over. Compressed elements
+    (zlib) are inflated to at most LIMIT bytes in all. MatError for what is not such a file (HDF5-based v7.3 files included)."""
     if raw[:8] == b'\x89HDF\r\n\x1a\n' or raw[512:520] == b'\x89HDF\r\n\x1a\n':
         raise MatError('it is a MATLAB v7.3 (HDF5) file; save it as v7 (or use the official file)')
     if len(raw) < 128 or raw[126:128] not in (b'IM', b'MI') or not raw[:6] == b'MATLAB':

@@ -7,7 +7,7 @@ the CACE of the runs' vote-fraction ensemble (stats.cace), all from the stored p
 Figure 6: histograms of the runs' TTA accuracies, one per setting.
 
     python experiments/table4.py --preset smoke --data-dir DIR      # seconds: the plumbing only
-    python experiments/table4.py --preset cpu --data-dir DIR        # about 2 h on 2 CPU cores
+    python experiments/table4.py --preset cpu --data-dir DIR        # about 4 CPU-hours (2 h on 2 cores)
     torchrun --nproc_per_node 8 experiments/table4.py --preset paper --data-dir DIR
     python experiments/table4.py --preset cpu --analyze             # the table and Figure 6, so far
 
@@ -16,11 +16,11 @@ Presets (docs/experiments.md gives their costs and what each can and cannot show
   (30,000 runs, about 58 A100-hours).
 - cpu: the main claim, that the distribution-wise variance is a small part of the test-set variance:
   widths quartered (16/64/64, and 24/96/96 at x1.5), the first 5,000 training images in batches of 256,
-  1 / 2 / 1.5 epochs, the first 5,000 test images, 100 runs per setting. It can show, with bootstrap
+  1 / 2 / 1.5 epochs, the first 5,000 test images, 64 runs per setting. It can show, with bootstrap
   intervals, whether the distribution-wise variance is below the test-set variance (the ratio's
-  interval is about +-0.3 wide at 100 runs, so the paper's "5x smaller" cannot be shown), and the sign
+  interval is about +-0.35 wide at 64 runs, so the paper's "5x smaller" cannot be shown), and the sign
   of TTA's effect on the test-set std at this scale; not the published values (a far weaker net), and
-  CACE only at 100 runs, where it is biased upward (compare it only at equal runs and binning).
+  CACE only at 64 runs, where it is biased upward (compare it only at equal runs and binning).
 - smoke: 1 epoch of 256 images at widths 8, 100 test images, 3 runs per setting: the code paths.
 CACE is printed in both binnings: 'equal' is Jiang et al.'s 10 equal-width bins (App. C.2.1), 'quantile'
 the airbench author's snippet (quantile edges at levels 0, 0.005, ..., 1 and a bin for 0); the paper
@@ -58,7 +58,7 @@ def cells(epochs, width, runs, common=None, **fields):
 
 PRESETS = {
     'paper': cells(9.9, 1, 10000),
-    'cpu': cells(1, 1 / 4, 100, {'opt.batch_size': 256}, train_subset=5000, test_subset=5000),
+    'cpu': cells(1, 1 / 4, 64, {'opt.batch_size': 256}, train_subset=5000, test_subset=5000),
     'smoke': cells(1, 1 / 8, 3, {'opt.batch_size': 64}, train_subset=256, test_subset=100),
 }
 
@@ -164,7 +164,7 @@ def draw(plt, cells, accs):
         values = [100 * a for a in accs[cell.name, True]]
         if values:
             ax.hist(values, bins=max(5, min(60, len(values) // 10)), alpha=0.5, label=f'{cell.name} (n={len(values)})')
-    grid.label(ax, 'test accuracy with TTA (%)', 'runs', 'Figure 6: accuracy distribution of airbench94 variations (TTA)')
+    grid.label(ax, 'test accuracy with TTA (%)', 'runs', 'Figure 6: accuracy of airbench94 variations (TTA)')
     return fig
 
 

@@ -3,7 +3,6 @@ each dataset's official format (none of the datasets can be downloaded here), an
 refused in one sentence naming the file, no code from data, bounded decompression.
 
 The write_* helpers are also used by tests/test_experiments.py (Table 5 at smoke)."""
-import io
 import os
 import pickle
 import sys
