@@ -16,9 +16,10 @@ evaluation, the paper's clock). A run whose .json exists is skipped, so a grid s
 and restarted finishes with every run exactly once. A cell whose script is not in the checkout, or
 whose dataset's folder was not given, is skipped with a line saying so and stays in the plan: rerunning
 once it can run adds its runs. Each dataset is read once per process.
-Run k of every cell has seed S + k (common random numbers across cells). Under torchrun the runs
-still to do are dealt round-robin, k-major, to the processes (each writes only its own runs' files,
-so concurrent processes never write the same file), and a partial grid has every cell.
+Run k of every cell has seed S + k (common random numbers across cells). Under torchrun the grid's
+runs are dealt round-robin, k-major, by their place in the whole grid, and each process skips those
+already finished (so concurrent processes never train or write the same run, however late each
+looks), and a partial grid has every cell.
 """
 import argparse
 import dataclasses
@@ -243,7 +244,9 @@ def run_grid(experiment, args, cells):
         if rank == 0 and not labels.exists():
             airbench94.atomic_write(str(labels), lambda tmp: torch.save(
                 data[dataset]['test']['labels'].to(torch.uint8), tmp))
-    mine = todo[rank::world]
+    # dealt by each run's place in the whole grid, not in what is left: a process that looks later (and sees
+    # a run another process has just finished) deals the same, so no run is done by two processes
+    mine = [run for i, run in enumerate(run_list(cells)) if i % world == rank and run in todo]
     say(f'{experiment} ({args.preset}): {len(cells)} cells, {sum(c.runs for c in cells)} runs, '
         f'{len(todo)} to do, {len(mine)} in this process of {world}; folder {args.folder}', flush=True)
     modules, versions = {}, {}
