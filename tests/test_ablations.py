@@ -48,7 +48,8 @@ class Feature:
 
 FEATURES = {
     'main1_whiten': Feature(
-        keys={'net.whiten_images', 'net.whiten_eps'}, units={'whitening_filters', 'init_whitening_conv'},
+        keys={'net.whiten_images', 'net.whiten_eps'},
+        units={'get_patches', 'get_whitening_parameters', 'whitening_filters', 'init_whitening_conv'},
         lines={'check_hyp': r'whiten', 'make_net': r'whiten|net\[0\]', 'flops_per_run': r'whiten|first conv|Left out:',
                'train': r'whiten|with timer:  # timing starts when the training data'},
         blocks={'whitening'}, banners={'Whitening conv initialization'}),
@@ -66,7 +67,8 @@ FEATURES = {
     'main7_mirror': Feature(keys={'aug.flip'}),
     'main8_compile': Feature(
         keys=set(), units={'compile_net', 'reinit_net', 'graphs_compiled'}, blocks={'reinit'},
-        lines={'train': r'compile|reinit_net|def train\(|\bnet\b|model = dev\.prepare\(make_net\(hyp\) if model is None'
+        lines={'train': r'compile|reinit_net|def train\(|\bnet\b'
+                        r'|model = dev\.prepare\(make_net\(hyp(, len\(train_loader\.classes\))?\) if model is None'
                         r"|outputs = model\(inputs\)|evaluate\(model, test_loader|'steps': step, 'epochs': history"
                         r'|The record holds|seconds, the steps|without a test loader|the per-epoch table; callback',
                'main': r'compiled|net = \[\]|net\.extend|if not net:|return train\(|return benchmark\(args, run_hyp'}),
@@ -202,8 +204,8 @@ def features_in_training(m, data, monkeypatch, ab94):
     seen = {'bias_trains': [], 'syncs': 0, 'tta': [], 'flip': []}
     make_net, make_optimizer, loader, tta_logits = m.make_net, m.make_optimizer, m.CifarLoader, m.tta_logits
 
-    def recording_net(h):
-        net = make_net(h)
+    def recording_net(h, *args, **kwargs):  # train() passes the number of classes too
+        net = make_net(h, *args, **kwargs)
         convs = [c for c in net.modules() if isinstance(c, nn.Conv2d) and c.kernel_size == (3, 3)]
         seen['dirac'] = all(torch.equal(c.weight[:c.weight.size(1)], nn.init.dirac_(torch.empty_like(
             c.weight[:c.weight.size(1)]))) for c in convs)
@@ -322,8 +324,8 @@ def test_each_rung_trains_with_the_original_ladders_lr_schedule_and_batchnorm_mo
     seen = {}
     make_net = m.make_net
 
-    def recording_net(h):
-        seen['net'] = make_net(h)
+    def recording_net(h, *args, **kwargs):  # train() passes the number of classes too
+        seen['net'] = make_net(h, *args, **kwargs)
         return seen['net']
 
     def recording_lambda_lr(optimizer, lr_lambda):
@@ -411,8 +413,10 @@ def test_every_rung_runs_end_to_end_and_writes_its_log(rung, invocations):
     # 20 steps teach the airbench nets the synthetic classes; a narrow ResNet-18 learns them as fast
     # (train accuracy) but its BatchNorm running statistics lag behind, so its test accuracy is noise
     assert run['tta_val_acc'] > 0.3 if rung != 'train_resnet18' else run['epochs'][1]['train_acc'] > 0.3
-    assert log['flops_per_run'] > 0 and torch.load(log_dir / 'log.pt', weights_only=False)['code'].startswith(
-        f'"""\nablations/{rung}.py:')
+    code = (REPO / 'ablations' / f'{rung}.py').read_text()
+    assert code.startswith(f'"""ablations/{rung}.py:')  # the header names the rung
+    assert log['flops_per_run'] > 0 and torch.load(log_dir / 'log.pt', weights_only=True)['code'] == code
+    assert log['code'] == code
 
 
 def fingerprint(run):
@@ -567,7 +571,8 @@ def test_train_resnet18_sums_its_loss_and_augments_in_the_originals_order(data, 
     n = len(data['train']['labels'])
     indexed = {'train': {**data['train'], 'labels': torch.arange(n)}, 'test': data['test']}
     batches, reductions = [], []
-    monkeypatch.setattr(m, 'make_net', lambda h: nn.Sequential(Seeing(batches), nn.Flatten(), nn.Linear(3 * 32 * 32, n)))
+    monkeypatch.setattr(m, 'make_net', lambda h, *rest: nn.Sequential(Seeing(batches), nn.Flatten(),
+                                                                     nn.Linear(3 * 32 * 32, n)))
     real = F.cross_entropy
 
     def cross_entropy(*args, **kwargs):

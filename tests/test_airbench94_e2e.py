@@ -1,5 +1,6 @@
 """airbench94.py end to end on the synthetic data, as a user runs it."""
 import json
+import os
 import re
 
 import pytest
@@ -57,7 +58,7 @@ def test_accuracy_beats_chance_by_a_wide_margin(invocation):
         assert run['tta_val_acc'] > 0.5, run  # chance is 0.1
 
 
-def test_log_files(invocation):
+def test_log_files(invocation, cifar_dir):
     proc, logs = invocation
     folder = log_dir_of(proc.stdout)
     assert folder.parent == logs and re.fullmatch(r'airbench94-\d{8}-\d{6}-[0-9a-f]{8}', folder.name)
@@ -67,17 +68,20 @@ def test_log_files(invocation):
     assert log['seed'] == 7 and [r['seed'] for r in log['runs']] == [8, 9]
     assert log['overrides']['opt.batch_size'] == 200 and log['hyp']['opt']['batch_size'] == 200
     assert log['environment']['device'] == 'cpu' and log['environment']['torch'] == torch.__version__
-    assert log['data'] == {'dir': log['data']['dir'], 'source': 'cache', 'origin': 'cifar-10-batches-py/ as found',
-                           'train': 2000, 'test': 500}
+    # the cache remembers where it was read from (conftest builds it from the official folder)
+    assert log['data'] == {'dir': log['data']['dir'], 'source': 'cache',
+                           'origin': os.path.join(cifar_dir, 'cifar-10-batches-py'), 'train': 2000, 'test': 500}
     assert log['summary']['n'] == 2 and log['flops_per_run'] > 0
     for run in log['runs']:
         assert run['steps'] == load_script('airbench94').train_steps(log['hyp']['opt'], 2000) == 30
         assert len(run['epochs']) == 3 and 0 <= run['val_acc'] <= 1 and run['time_seconds'] > 0
+    assert log['code'] == (REPO / 'airbench94.py').read_text()  # the script, in log.json too
+    assert log['rank'] == 0 and log['world_size'] == 1 and log['warmup'] and log['warmup_seconds'] > 0
     pt = torch.load(folder / 'log.pt', weights_only=True)
     assert pt['code'] == (REPO / 'airbench94.py').read_text()
     assert pt['accs'].tolist() == [r['tta_val_acc'] for r in log['runs']]
     assert json.loads(json.dumps(pt['hyp'])) == log['hyp']
-    assert proc.stdout.rstrip().splitlines()[-1] == f'log: {folder / "log.pt"}'
+    assert proc.stdout.rstrip().splitlines()[-1] == f'log: {os.path.abspath(folder)}'
 
 
 def test_same_seed_same_device_repeats_the_run(invocation, cifar_dir, tmp_path):

@@ -44,7 +44,12 @@ def test_random_flip_draws_every_image_anew_every_epoch(ab, cpu):
     for a, b in zip(mirrored, mirrored[1:]):  # independent draws: about half keep their orientation
         assert 0.4 < (a == b).float().mean() < 0.6
     with pytest.raises(ValueError, match='flip'):
-        ab.CifarLoader(random_split(10), cpu, 5, train=True, aug={'flip': True})
+        ab.CifarLoader(random_split(10), cpu, 5, train=True, aug={'flip': 'sometimes'})
+    # the original package's form: flip True is random flip (alternating with loader.altflip), False none
+    for given, meant in ((True, 'random'), (False, 'none')):
+        a, b = (ab.CifarLoader(random_split(10), cpu, 5, train=True, aug={'flip': flip},
+                               generator=torch.Generator().manual_seed(1)) for flip in (given, meant))
+        assert all(torch.equal(x, y) for _ in range(2) for x, y in zip(a.next_epoch(), b.next_epoch()))
 
 
 def test_overrides_parse_booleans_ints_floats_and_strings(ab):

@@ -2,6 +2,8 @@
 `auto` picks, weight / BatchNorm / data dtypes, memory format and autocast (the shared device block,
 through airbench94)."""
 import contextlib
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,8 +83,24 @@ def test_cpu_is_fp32_with_bf16_autocast_where_supported(ab94, fake, monkeypatch)
     # a CPU without fast bf16 trains in fp32, and says so
     monkeypatch.setattr(torch.backends.mkldnn, 'is_available', lambda: False)
     slow = ab94.Device('cpu')
-    assert slow.autocast_dtype is None and 'fp32' in slow.note and 'fp32' in ab94.environment(slow)['summary']
+    assert slow.autocast_dtype is None and 'fp32' in slow.note
     assert isinstance(slow.autocast(), contextlib.nullcontext)
+
+
+def test_a_cpu_without_fast_bf16_says_so_in_the_log_and_the_output(ab94, fake, monkeypatch, cifar_dir, tmp_path,
+                                                                    capsys):
+    fake()
+    monkeypatch.setattr(torch.backends.mkldnn, 'is_available', lambda: False)
+    args, hyp, overrides = ab94.parse_command_line('', ab94.hyp, ab94.check_hyp, 25, [
+        '--data-dir', cifar_dir, '--log-dir', str(tmp_path), '--runs', '1', '--no-warmup', '--device', 'cpu'])
+
+    def train_fn(hyp, dev, train_loader, test_loader, seed, run):  # the run itself is not what is tested
+        return None, {'run': run, 'seed': seed, 'tta_val_acc': 0.5, 'val_acc': 0.5, 'time_seconds': 1.0}
+    folder = ab94.benchmark(args, hyp, overrides, train_fn, lambda *a: 0, ab94.__file__)
+    summary = json.loads((Path(folder) / 'log.json').read_text())['environment']['summary']
+    assert summary.startswith('cpu (') and 'float32 weights)' in summary
+    assert summary.endswith('; note: this CPU has no fast bf16, so it trains in fp32 (slower)')
+    assert f'airbench94: {summary}, torch ' in capsys.readouterr().out
 
 
 def test_each_torchrun_process_takes_the_gpu_of_its_local_rank(ab94, fake):
@@ -90,7 +108,8 @@ def test_each_torchrun_process_takes_the_gpu_of_its_local_rank(ab94, fake):
     dev = ab94.Device('cuda', index=3)
     assert dev.torch_device == torch.device('cuda', 3) and fake.selected == [torch.device('cuda', 3)]
     assert ab94.Device('auto').torch_device == torch.device('cuda', 0)
-    with pytest.raises(ab94.UserError, match='needs GPU 4, but only 4 are visible'):
+    with pytest.raises(ab94.UserError, match='process 4 of this node needs cuda 4, but this machine and torch build '
+                                             'have 4'):
         ab94.Device('cuda', index=4)
 
 
@@ -109,4 +128,4 @@ def test_the_loader_stores_the_data_in_the_device_formats(ab94, fake):
              'labels': torch.arange(8), 'classes': list('abcdefghij')}
     loader = ab94.CifarLoader(split, dev, 4, train=False)
     assert loader.images.dtype == torch.float16 and loader.images.is_contiguous(memory_format=torch.channels_last)
-    assert loader.mean.dtype == torch.float16
+    assert loader.normalize.mean.dtype == loader.normalize.std.dtype == torch.float16

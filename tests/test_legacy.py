@@ -71,7 +71,7 @@ def test_end_to_end(script, settings, steps, cifar_dir, tmp_path):
 
 @pytest.mark.parametrize('script, flag, words', [
     ('legacy/cifar10_fast', 'net.ghost_splits=5', 'must divide opt.batch_size (512)'),
-    ('legacy/hlb_cifar10', 'aug.crop_positions=6', 'must be in [1, 2 x aug.translate + 1 = 5]')])
+    ('legacy/hlb_cifar10', 'aug.crop_positions=6', 'must be at most 2 x aug.translate + 1 = 5')])
 def test_bad_input_is_one_sentence_and_status_2(script, flag, words, tmp_path):
     proc = run_script(script, '--data-dir', str(tmp_path), '--log-dir', str(tmp_path), '--set', flag)
     no_traceback(proc)

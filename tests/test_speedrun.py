@@ -1,6 +1,6 @@
 """airbench94_speedrun.py (hiverge's cifar10-speedrun, docs/method.md §5) and the loader features it
-brought to every script: the vectorised crop (the same draws and images as the loop it replaced)
-and the brightness/contrast jitter (off unless asked for)."""
+brought: the vectorised crop of every script (the same draws and images as the loop it replaced), and
+the brightness/contrast jitter, which only the speedrun's own loader carries (off unless asked for)."""
 import copy
 import math
 import types
@@ -12,7 +12,12 @@ import torch.nn.functional as F
 from conftest import TINY, load_script, log_dir_of, no_traceback, random_split, read_log, run_script
 
 
-# ================================================================ the loader (a shared block)
+# ================================================================ the loaders
+
+
+@pytest.fixture(scope='module')
+def sr():
+    return load_script('airbench94_speedrun')
 
 
 def crop_by_loop(images, size, generator=None):
@@ -33,57 +38,65 @@ def crop_by_loop(images, size, generator=None):
 
 @pytest.mark.parametrize('r', [1, 2, 4])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
-def test_the_vectorised_crop_draws_and_returns_what_the_loop_did(ab94, r, dtype):
+def test_the_vectorised_crop_draws_and_returns_what_the_loop_did(ab94, sr, r, dtype):
     """Every script's runs stay what they were: the same random numbers from the same generator
-    (or the global one), the same crops."""
+    (or the global one), the same crops; the family's loader block and the speedrun's own loader alike."""
     images = F.pad(torch.randn(600, 3, 32, 32), (r,) * 4, 'reflect').to(dtype)
     images = images.contiguous(memory_format=torch.channels_last)
-    for seed in (0, 1):
-        old_g, new_g = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
-        assert torch.equal(ab94.batch_crop(images, 32, new_g), crop_by_loop(images, 32, old_g))
-        assert torch.equal(new_g.get_state(), old_g.get_state())  # the same draws, nothing more
-    torch.manual_seed(3)
-    old = crop_by_loop(images, 32)
-    old_next = torch.rand(1)
-    torch.manual_seed(3)
-    assert torch.equal(ab94.batch_crop(images, 32), old) and torch.equal(torch.rand(1), old_next)
+    for m in (ab94, sr):
+        for seed in (0, 1):
+            old_g, new_g = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+            assert torch.equal(m.batch_crop(images, 32, new_g), crop_by_loop(images, 32, old_g))
+            assert torch.equal(new_g.get_state(), old_g.get_state())  # the same draws, nothing more
+        torch.manual_seed(3)
+        old = crop_by_loop(images, 32)
+        old_next = torch.rand(1)
+        torch.manual_seed(3)
+        assert torch.equal(m.batch_crop(images, 32), old) and torch.equal(torch.rand(1), old_next)
 
 
-def jitter_loaders(ab94, cpu, n=2000, seed=7, **jitter):
-    """Two loaders of the same images and generator seed, without and with the jitter."""
+def jitter_loaders(m, cpu, n=2000, seed=7, **jitter):
+    """Two loaders of script m (the speedrun) of the same images and generator seed, without and with the
+    jitter."""
     split, aug = random_split(n), {'flip': 'alternating', 'translate': 2}
-    return [ab94.CifarLoader(split, cpu, 100, train=True, aug={**aug, **extra},
-                             generator=torch.Generator().manual_seed(seed)) for extra in ({}, jitter)]
+    return [m.CifarLoader(split, cpu, 100, train=True, aug={**aug, **extra},
+                          generator=torch.Generator().manual_seed(seed)) for extra in ({}, jitter)]
 
 
-def test_the_jitter_is_off_by_default_and_draws_nothing(ab94, cpu):
-    plain, zeros = jitter_loaders(ab94, cpu, n=200, brightness=0, contrast=0)
+def test_the_jitter_is_off_by_default_and_draws_nothing(sr, ab94, cpu):
+    plain, zeros = jitter_loaders(sr, cpu, n=200, brightness=0, contrast=0)
+    family = jitter_loaders(ab94, cpu, n=200)[0]  # the family's loader, which has no jitter
     for _ in range(2):
-        a, b = plain.next_epoch(), zeros.next_epoch()
-        assert all(torch.equal(x, y) for x, y in zip(a, b))
+        a, b, c = plain.next_epoch(), zeros.next_epoch(), family.next_epoch()
+        assert all(torch.equal(x, y) and torch.equal(x, z) for x, y, z in zip(a, b, c))
     g = torch.Generator().manual_seed(7)
     for epoch in range(2):  # what the loader draws without the jitter: flip (epoch 0), crop, shuffle
         torch.rand(200, generator=g) if epoch == 0 else None
         torch.randint(-2, 3, (200, 2), generator=g)
         torch.randperm(200, generator=g)
-    assert torch.equal(plain.generator.get_state(), g.get_state())
-    assert torch.equal(zeros.generator.get_state(), g.get_state())
-    _, on = jitter_loaders(ab94, cpu, n=200, brightness=0.1, contrast=0)
+    for loader in (plain, zeros, family):
+        assert torch.equal(loader.generator.get_state(), g.get_state())
+    _, on = jitter_loaders(sr, cpu, n=200, brightness=0.1, contrast=0)
     on.next_epoch()
     assert not torch.equal(plain.generator.get_state(), on.generator.get_state())
-    for name in ('airbench94', 'airbench94_muon', 'airbench95', 'airbench96', 'airbench96_faster'):
-        aug = load_script(name).hyp['aug']  # the family never asks for it
-        assert aug.get('brightness', 0) == aug.get('contrast', 0) == 0, name
     with pytest.raises(ValueError, match='brightness, contrast'):
-        ab94.CifarLoader(random_split(10), cpu, 5, aug={'hue': 0.1})
+        sr.CifarLoader(random_split(10), cpu, 5, aug={'hue': 0.1})
+    for name in ('airbench94', 'airbench94_muon', 'airbench95', 'airbench96', 'airbench96_faster'):
+        m = load_script(name)
+        aug = m.hyp['aug']  # the family never asks for it, and its loader refuses it
+        assert aug.get('brightness', 0) == aug.get('contrast', 0) == 0, name
+        for key in ('brightness', 'contrast'):
+            with pytest.raises(m.UserError, match=rf"^loader\.aug\['{key}'\]=0\.1: use flip .*, translate .*, "
+                                                   r'cutout \(0 to 32\)$'):
+                m.CifarLoader(random_split(10), cpu, 5, aug={key: 0.1})
 
 
-def test_the_jitter_shifts_then_scales_each_image_after_crop_and_flip(ab94, cpu):
+def test_the_jitter_shifts_then_scales_each_image_after_crop_and_flip(sr, cpu):
     """Epoch 0 of a loader with the jitter is the same loader's epoch without it (normalised,
     flipped, cropped), each image x mapped to (x + b) * g with its own two scalars, drawn after the
     crop's shifts (brightness first) from the loader's generator; then the shuffle."""
     brightness, contrast = 0.1399, 0.1308
-    plain, jittered = jitter_loaders(ab94, cpu, brightness=brightness, contrast=contrast)
+    plain, jittered = jitter_loaders(sr, cpu, brightness=brightness, contrast=contrast)
     x, (y, _, order) = plain.next_epoch()[0], jittered.next_epoch()
     g = torch.Generator().manual_seed(7)
     torch.rand(len(x), generator=g)  # the epoch-0 flip
@@ -105,10 +118,10 @@ def per_image_affine(x, y):
     return slope, intercept, residual
 
 
-def test_the_jitters_distribution_per_image_and_redrawn_every_epoch(ab94, cpu):
+def test_the_jitters_distribution_per_image_and_redrawn_every_epoch(sr, cpu):
     """Without crop and flip every epoch's images are the normalised ones, jittered."""
     brightness, contrast = 0.1399, 0.1308
-    loader = ab94.CifarLoader(random_split(4000), cpu, 100, aug={'brightness': brightness, 'contrast': contrast})
+    loader = sr.CifarLoader(random_split(4000), cpu, 100, aug={'brightness': brightness, 'contrast': contrast})
     shifts = []
     for epoch in range(2):
         slope, intercept, residual = per_image_affine(loader.normalize(loader.images), loader.next_epoch()[0])
@@ -124,11 +137,6 @@ def test_the_jitters_distribution_per_image_and_redrawn_every_epoch(ab94, cpu):
 
 
 # ================================================================ airbench94_speedrun
-
-
-@pytest.fixture(scope='module')
-def sr():
-    return load_script('airbench94_speedrun')
 
 
 def tiny(hyp, **opt):
