@@ -48,7 +48,7 @@ hyp = {
         'renorm_eps': 1e-7,        # W <- W x sqrt(out_channels) / (||W||_F + this)
     },
     'aug': {
-        'flip': 'alternating',     # 'alternating' (paper section 3.6), 'random' (p=0.5 per image per epoch) or 'none'
+        'flip': 'alternating',     # 'alternating' (paper §3.6), 'random' (p=0.5 per image per epoch), 'none'
         'translate': 2,            # pixels of reflect-padded random translation
         'brightness': 0.1399,      # per-image shift b, uniform in +-this, in normalised units (channel stds)
         'contrast': 0.1308,        # per-image factor g, uniform in 1 +- this: x -> (x + b) g; both 0: no jitter
@@ -132,7 +132,6 @@ class Device:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.type, dtype=self.autocast_dtype)
 #=== end shared: setup
-
 
 #############################################
 #       Data loading and augmentation       #
@@ -269,24 +268,27 @@ class CifarLoader:
 
 #=== shared: batchnorm
 class BatchNorm(nn.BatchNorm2d):
-    """BatchNorm whose scale is fixed at 1; only the bias learns."""
+    """BatchNorm whose scale is fixed at 1; only the bias learns (weight=, bias= say which train)."""
 
-    def __init__(self, num_features, momentum, eps=1e-12):
+    def __init__(self, num_features, momentum, eps=1e-12, weight=False, bias=True):
         # airbench's momentum weighs the old running stats; PyTorch's weighs the new batch.
         super().__init__(num_features, eps=eps, momentum=1 - momentum)
-        self.weight.requires_grad = False
+        self.weight.requires_grad = weight
+        self.bias.requires_grad = bias
 #=== end shared: batchnorm
 
 
 #=== shared: conv
 class Conv(nn.Conv2d):
-    """3x3 'same' conv without bias; the first C_in filters start as the identity ("dirac")."""
+    """3x3 'same' conv without bias (by default); the first C_in filters start as the identity ("dirac")."""
 
-    def __init__(self, channels_in, channels_out):
-        super().__init__(channels_in, channels_out, kernel_size=3, padding='same', bias=False)
+    def __init__(self, in_channels, out_channels, kernel_size=3, padding='same', bias=False):
+        super().__init__(in_channels, out_channels, kernel_size=kernel_size, padding=padding, bias=bias)
 
     def reset_parameters(self):
         super().reset_parameters()
+        if self.bias is not None:
+            self.bias.data.zero_()
         w = self.weight.data
         torch.nn.init.dirac_(w[:w.size(1)])  # the net starts close to passing its input through (paper §3.3)
 #=== end shared: conv
@@ -324,7 +326,7 @@ class Mul(nn.Module):
 #=== end shared: mul
 
 
-def make_net(hyp):
+def make_net(hyp, num_classes=NUM_CLASSES):
     """The network in fp32 on the current default device; prepare_net() moves it."""
     widths, momentum = hyp['net']['widths'], hyp['net']['batchnorm_momentum']
     whiten_kernel_size = 2
@@ -337,7 +339,7 @@ def make_net(hyp):
         ConvGroup(widths['block2'], widths['block3'], momentum),
         nn.MaxPool2d(3),
         nn.Flatten(),
-        nn.Linear(widths['block3'], NUM_CLASSES, bias=False),
+        nn.Linear(widths['block3'], num_classes, bias=False),
         Mul(1 / widths['block3']),  # the logits divided by the head's input width
     )
     net[0].weight.requires_grad = False  # set by init_whitening_conv() and never trained
@@ -748,7 +750,7 @@ def train(hyp, dev, train_loader, test_loader=None, seed=None, run=0, verbose=Tr
             sgd.zero_grad(set_to_none=True)
             muon.step()
             muon.zero_grad(set_to_none=True)
-            finite.append(torch.isfinite(loss))
+            finite.append(torch.isfinite(loss))  # checked once per epoch: a check per step would sync
             step += 1
             if step >= total_steps:
                 break
@@ -909,11 +911,11 @@ def check_split(split, where, fix):
     labels and class names are CIFAR-10's kind; else a UserError naming what is wrong."""
     get = split.get if isinstance(split, dict) else {}.get
     images, labels, classes = get('images'), get('labels'), get('classes')
-    on_cpu = [isinstance(t, torch.Tensor) and t.device.type == 'cpu' for t in (images, labels)]
-    if not (on_cpu[0] and images.dtype == torch.uint8 and images.shape[1:] == (32, 32, 3)
+    ok = [type(t) is torch.Tensor and (t.device.type, t.layout) == ('cpu', torch.strided) for t in (images, labels)]
+    if not (ok[0] and images.dtype == torch.uint8 and images.shape[1:] == (32, 32, 3)
             and 0 < len(images) <= 50000):
         wrong = 'images: not 1 to 50,000 uint8 images (N, 32, 32, 3)'
-    elif not (on_cpu[1] and labels.dtype == torch.int64 and labels.shape == (len(images),)
+    elif not (ok[1] and labels.dtype == torch.int64 and labels.shape == (len(images),)
               and 0 <= labels.min() and labels.max() < NUM_CLASSES):
         wrong = 'labels: not N int64 labels in 0..9'
     elif not (isinstance(classes, list) and len(classes) == NUM_CLASSES):
@@ -1237,18 +1239,19 @@ def check_hyp(hyp):
     """Refuses in one sentence what the method cannot run with (--set has checked the types); upper
     bounds keep a slip such as opt.train_epochs=1e12 from exhausting memory."""
     check_ranges(hyp, {
-        'opt.train_epochs': (1e-3, 1000), 'opt.batch_size': (1, 50000),
+        'opt.train_epochs': (1e-3, 1000), 'opt.batch_size': (1, 50000), 'opt.momentum': (0, 0.999),
+        'opt.weight_decay': (0, math.inf), 'opt.label_smoothing': (0, 1),
+        'aug.flip': ('alternating', 'random', 'none'), 'aug.translate': (0, 8),
+        'aug.cutout': (0, 32), 'net.batchnorm_momentum': (0, 1),
+        **{f'net.widths.{block}': (1, 4096) for block in hyp['net']['widths']},
+        'net.whiten_images': (1, 50000), 'net.whiten_eps': (1e-12, math.inf),
+        'opt.whiten_bias_epochs': (0, 1000),
         'opt.filter_lr': (1e-9, math.inf), 'opt.filter_momentum': (0, 0.999),
-        'opt.bias_lr': (1e-9, math.inf), 'opt.head_lr': (1e-9, math.inf),
-        'opt.momentum': (0, 0.999), 'opt.weight_decay': (0, math.inf),
-        'opt.label_smoothing': (0, 1), 'opt.whiten_bias_epochs': (0, 1000),
-        'opt.ns_steps': (1, 100), 'opt.ns_eps': (1e-30, 1), 'opt.ns_pad_multiple': (1, 4096),
-        'opt.renorm_every': (1, 10**6), 'opt.renorm_every_growth': (0, 10**6),
-        'opt.renorm_eps': (0, 1), 'aug.flip': ('alternating', 'random', 'none'),
-        'aug.translate': (0, 8), 'aug.brightness': (0, 1), 'aug.contrast': (0, 0.999),
-        'aug.cutout': (0, 32), 'net.batchnorm_momentum': (0, 1), 'net.whiten_images': (1, 50000),
-        'net.whiten_eps': (1e-12, math.inf), 'net.tta_fraction': (0, 1),
-        **{f'net.widths.{block}': (1, 4096) for block in hyp['net']['widths']}})
+        'opt.bias_lr': (1e-9, math.inf), 'opt.head_lr': (1e-9, math.inf), 'opt.ns_steps': (1, 100),
+        'opt.ns_eps': (1e-30, 1), 'opt.ns_pad_multiple': (1, 4096), 'opt.renorm_every': (1, 10**6),
+        'opt.renorm_every_growth': (0, 10**6), 'opt.renorm_eps': (0, 1), 'aug.brightness': (0, 1),
+        'aug.contrast': (0, 0.999), 'net.tta_fraction': (0, 1),
+    })
     for key, length in (('ns_coefficients', 3), ('ns_magnitude', 2)):
         value = hyp['opt'][key]
         if not (len(value) == length and all(type(v) in (int, float) and abs(v) < 1e6 for v in value)):

@@ -1,7 +1,7 @@
 """airbench96.py: CIFAR-10 to 96% with a deeper, wider, residual airbench and cutout.
 
 Published (the airbench repository's; not ours): 96.03% mean TTA accuracy in n=400 runs, 34.7 s per
-run on an A100, 4.9 PFLOPs per run. The paper's first version: docs/method.md §2.
+run on an A100, 4.9 PFLOPs per run. The paper's first version: airbench96_paper.py.
 Parent: airbench94.py. The method: docs/method.md §1, §2. Changes:
 - 37 epochs instead of 9.9 (1776 steps); widths 128/384/512
 - ConvGroups of depth 3, with a residual across their last two convs
@@ -40,7 +40,7 @@ hyp = {
         'lookahead_decay': 0.95,   # sync decay = lookahead_decay**lookahead_every * (step / total)**3
     },
     'aug': {
-        'flip': 'alternating',     # 'alternating' (paper section 3.6), 'random' (p=0.5 per image per epoch) or 'none'
+        'flip': 'alternating',     # 'alternating' (paper §3.6), 'random' (p=0.5 per image per epoch), 'none'
         'translate': 4,            # pixels of reflect-padded random translation
         'cutout': 12,              # side of the zeroed square, 0 = off
     },
@@ -124,7 +124,6 @@ class Device:
         return torch.autocast(device_type=self.type, dtype=self.autocast_dtype)
 #=== end shared: setup
 
-
 #############################################
 #       Data loading and augmentation       #
 #############################################
@@ -134,35 +133,39 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
-def batch_flip_lr(images, generator=None):
+def batch_flip_lr(inputs, generator=None):
     """Mirrors a random half of the images."""
-    flip = torch.rand(len(images), device=images.device, generator=generator) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+    flip = torch.rand(len(inputs), device=inputs.device, generator=generator) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), inputs.flip(-1), inputs)
 
 
-def batch_crop(images, size, generator=None):
-    """A random size x size crop of each (padded) image: an independent shift in [-r, r]
-    per axis per image, r = (side - size) // 2, drawn as one (N, 2) randint (rows, columns);
+def batch_crop(images, crop_size, generator=None):
+    """A random crop_size x crop_size crop of each (padded) image: an independent shift in [-r, r]
+    per axis per image, r = (side - crop_size) // 2, drawn as one (N, 2) randint (rows, columns);
     all crops are one gather."""
-    n, c, r = len(images), images.size(1), (images.size(-1) - size) // 2
+    n, c, r = len(images), images.size(1), (images.size(-1) - crop_size) // 2
     shifts = torch.randint(-r, r + 1, size=(n, 2), device=images.device, generator=generator)
-    offsets = torch.arange(size, device=images.device)
-    rows = (r + shifts[:, 0]).view(n, 1, 1, 1) + offsets.view(1, 1, size, 1)
-    cols = (r + shifts[:, 1]).view(n, 1, 1, 1) + offsets.view(1, 1, 1, size)
+    offsets = torch.arange(crop_size, device=images.device)
+    rows = (r + shifts[:, 0]).view(n, 1, 1, 1) + offsets.view(1, 1, crop_size, 1)
+    cols = (r + shifts[:, 1]).view(n, 1, 1, 1) + offsets.view(1, 1, 1, crop_size)
     batch = torch.arange(n, device=images.device).view(n, 1, 1, 1)
     return images[batch, torch.arange(c, device=images.device).view(1, c, 1, 1), rows, cols]
 
 
-def batch_cutout(images, size, generator=None):
-    """Zeroes one size x size square per image, its top-left corner uniform over the positions
-    that keep it inside the image."""
-    n, _, h, w = images.shape
-    top = torch.randint(0, h - size + 1, size=(n, 1, 1, 1), device=images.device, generator=generator)
-    left = torch.randint(0, w - size + 1, size=(n, 1, 1, 1), device=images.device, generator=generator)
-    ys = torch.arange(h, device=images.device).view(1, 1, h, 1)
-    xs = torch.arange(w, device=images.device).view(1, 1, 1, w)
-    inside = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
-    return images.masked_fill(inside, 0)
+def make_random_square_masks(inputs, size, generator=None):
+    """(N, 1, H, W) bool masks, each one size x size square, its top-left corner uniform over the
+    positions that keep it inside the image (drawn for the rows, then for the columns)."""
+    n, _, h, w = inputs.shape
+    top = torch.randint(0, h - size + 1, size=(n, 1, 1, 1), device=inputs.device, generator=generator)
+    left = torch.randint(0, w - size + 1, size=(n, 1, 1, 1), device=inputs.device, generator=generator)
+    ys = torch.arange(h, device=inputs.device).view(1, 1, h, 1)
+    xs = torch.arange(w, device=inputs.device).view(1, 1, 1, w)
+    return (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
+
+
+def batch_cutout(inputs, size, generator=None):
+    """Zeroes one random size x size square per image, in every channel."""
+    return inputs.masked_fill(make_random_square_masks(inputs, size, generator), 0)
 
 
 class Normalize:
@@ -171,6 +174,12 @@ class Normalize:
 
     def __init__(self, mean, std):
         self.mean, self.std = mean, std
+
+    @classmethod
+    def cifar(cls, device=None, dtype=None):
+        """CIFAR-10's mean and std, as tensors of this device and dtype (default: CPU, fp32)."""
+        return cls(torch.tensor(CIFAR_MEAN, device=device, dtype=dtype),
+                   torch.tensor(CIFAR_STD, device=device, dtype=dtype))
 
     def __call__(self, images):
         return (images - self.mean.view(-1, 1, 1)) / self.std.view(-1, 1, 1)
@@ -208,8 +217,7 @@ class CifarLoader:
         self.batch_size = batch_size
         self.drop_last = train if drop_last is None else drop_last
         self.shuffle = train if shuffle is None else shuffle
-        self.normalize = Normalize(torch.tensor(CIFAR_MEAN, device=dev.torch_device, dtype=dev.data_dtype),
-                                   torch.tensor(CIFAR_STD, device=dev.torch_device, dtype=dev.data_dtype))
+        self.normalize = Normalize.cifar(dev.torch_device, dev.data_dtype)
 
     def __setattr__(self, name, value):
         if name in ('images', 'labels') and getattr(self, 'epoch', 0) > 0:  # epoch 0 prepared them
@@ -293,24 +301,27 @@ class CifarLoader:
 
 #=== shared: batchnorm
 class BatchNorm(nn.BatchNorm2d):
-    """BatchNorm whose scale is fixed at 1; only the bias learns."""
+    """BatchNorm whose scale is fixed at 1; only the bias learns (weight=, bias= say which train)."""
 
-    def __init__(self, num_features, momentum, eps=1e-12):
+    def __init__(self, num_features, momentum, eps=1e-12, weight=False, bias=True):
         # airbench's momentum weighs the old running stats; PyTorch's weighs the new batch.
         super().__init__(num_features, eps=eps, momentum=1 - momentum)
-        self.weight.requires_grad = False
+        self.weight.requires_grad = weight
+        self.bias.requires_grad = bias
 #=== end shared: batchnorm
 
 
 #=== shared: conv
 class Conv(nn.Conv2d):
-    """3x3 'same' conv without bias; the first C_in filters start as the identity ("dirac")."""
+    """3x3 'same' conv without bias (by default); the first C_in filters start as the identity ("dirac")."""
 
-    def __init__(self, channels_in, channels_out):
-        super().__init__(channels_in, channels_out, kernel_size=3, padding='same', bias=False)
+    def __init__(self, in_channels, out_channels, kernel_size=3, padding='same', bias=False):
+        super().__init__(in_channels, out_channels, kernel_size=kernel_size, padding=padding, bias=bias)
 
     def reset_parameters(self):
         super().reset_parameters()
+        if self.bias is not None:
+            self.bias.data.zero_()
         w = self.weight.data
         torch.nn.init.dirac_(w[:w.size(1)])  # the net starts close to passing its input through (paper §3.3)
 #=== end shared: conv
@@ -386,23 +397,33 @@ def make_net(hyp, num_classes=NUM_CLASSES):
 #############################################
 
 #=== shared: whitening
+def get_patches(x, patch_shape):
+    """Every h x w patch (stride 1) of the images x (N, C, H, W), as fp32 (P, C, h, w)."""
+    c, (h, w) = x.size(1), patch_shape
+    return x.unfold(2, h, 1).unfold(3, w, 1).transpose(1, 3).reshape(-1, c, h, w).float()
+
+
+def get_whitening_parameters(patches):
+    """Eigenvalues (K, 1, 1, 1) and eigenvectors (K, C, h, w) of the patches' uncentred
+    covariance, largest eigenvalue first."""
+    n, c, h, w = patches.shape
+    flat = patches.view(n, -1)  # rows in (C, h, w) order
+    covariance = flat.T @ flat / n
+    # The upper triangle, as the originals: LAPACK's reduction of the lower one returns some
+    # eigenvectors with the opposite sign (8 of 12 on CIFAR-10), swapping filters and negations.
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance, UPLO='U')
+    return eigenvalues.flip(0).view(-1, 1, 1, 1), eigenvectors.T.reshape(c * h * w, c, h, w).flip(0)
+
+
 def whitening_filters(images, kernel_size, eps):
     """Eigenvectors of the (uncentred) covariance of all kernel_size^2 patches of the images,
     each divided by sqrt(eigenvalue + eps), largest eigenvalue first, then their negations
     (so the GELU after the conv loses nothing). In fp32 outside autocast: a bf16/fp16
     covariance gives negative eigenvalues and NaN filters."""
     with torch.autocast(device_type=images.device.type, enabled=False):
-        x = images.float()
-        c = x.size(1)
-        patches = x.unfold(2, kernel_size, 1).unfold(3, kernel_size, 1)  # N, C, H', W', k, k
-        patches = patches.transpose(1, 3).reshape(-1, c * kernel_size**2)  # rows in (C, k, k) order
-        covariance = patches.T @ patches / len(patches)
-        # The upper triangle, as the originals: LAPACK's reduction of the lower one returns some
-        # eigenvectors with the opposite sign (8 of 12 on CIFAR-10), swapping filters and negations.
-        eigenvalues, eigenvectors = torch.linalg.eigh(covariance, UPLO='U')
-        eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.T.flip(0)
-        filters = eigenvectors / torch.sqrt(eigenvalues + eps).view(-1, 1)
-        filters = filters.view(-1, c, kernel_size, kernel_size)
+        patches = get_patches(images.float(), (kernel_size, kernel_size))
+        eigenvalues, eigenvectors = get_whitening_parameters(patches)
+        filters = eigenvectors / torch.sqrt(eigenvalues + eps)
         return torch.cat((filters, -filters))
 
 
@@ -572,7 +593,11 @@ def decoupled_hyperparameters(opt):
 
 def make_optimizer(model, opt):
     h = decoupled_hyperparameters(opt)
-    norm_biases = [p for m in model.modules() if isinstance(m, BatchNorm) for p in m.parameters() if p.requires_grad]
+    if any(isinstance(m, BatchNorm) for m in model.modules()):  # the script's own net: by class
+        norm_biases = [p for m in model.modules() if isinstance(m, BatchNorm) for p in m.parameters()
+                       if p.requires_grad]
+    else:  # another net, e.g. a user's copy of this one: by name, as the original package ('norm' in it)
+        norm_biases = [p for name, p in model.named_parameters() if 'norm' in name and p.requires_grad]
     ids = {id(p) for p in norm_biases}
     others = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
     groups = [dict(params=norm_biases, lr=h['lr_biases'], weight_decay=h['weight_decay_biases']),
@@ -608,7 +633,7 @@ def train(hyp, dev, train_loader, test_loader=None, seed=None, run=0, verbose=Tr
     lookahead = LookaheadState(model)
     timer = Timer(dev)
 
-    with timer:  # timing starts when the training data is first touched
+    with timer:  # timing starts when the training data is first touched (paper §2)
         whiten_images = train_loader.normalize(train_loader.images[:hyp['net']['whiten_images']])
         init_whitening_conv(model[0], whiten_images, hyp['net']['whiten_eps'])
 
@@ -626,7 +651,7 @@ def train(hyp, dev, train_loader, test_loader=None, seed=None, run=0, verbose=Tr
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
-                finite.append(torch.isfinite(loss))
+                finite.append(torch.isfinite(loss))  # checked once per epoch: a check per step would sync
                 step += 1
                 if step % o['lookahead_every'] == 0:
                     decay = o['lookahead_decay']**o['lookahead_every'] * (step / total_steps)**3
@@ -779,11 +804,11 @@ def check_split(split, where, fix):
     labels and class names are CIFAR-10's kind; else a UserError naming what is wrong."""
     get = split.get if isinstance(split, dict) else {}.get
     images, labels, classes = get('images'), get('labels'), get('classes')
-    on_cpu = [isinstance(t, torch.Tensor) and t.device.type == 'cpu' for t in (images, labels)]
-    if not (on_cpu[0] and images.dtype == torch.uint8 and images.shape[1:] == (32, 32, 3)
+    ok = [type(t) is torch.Tensor and (t.device.type, t.layout) == ('cpu', torch.strided) for t in (images, labels)]
+    if not (ok[0] and images.dtype == torch.uint8 and images.shape[1:] == (32, 32, 3)
             and 0 < len(images) <= 50000):
         wrong = 'images: not 1 to 50,000 uint8 images (N, 32, 32, 3)'
-    elif not (on_cpu[1] and labels.dtype == torch.int64 and labels.shape == (len(images),)
+    elif not (ok[1] and labels.dtype == torch.int64 and labels.shape == (len(images),)
               and 0 <= labels.min() and labels.max() < NUM_CLASSES):
         wrong = 'labels: not N int64 labels in 0..9'
     elif not (isinstance(classes, list) and len(classes) == NUM_CLASSES):
@@ -1110,14 +1135,15 @@ def check_hyp(hyp):
         'opt.train_epochs': (1e-3, 1000), 'opt.batch_size': (1, 50000), 'opt.lr': (1e-9, math.inf),
         'opt.momentum': (0, 0.999), 'opt.weight_decay': (0, math.inf),
         'opt.bias_scaler': (1e-9, math.inf), 'opt.label_smoothing': (0, 1),
-        'opt.whiten_bias_epochs': (0, 1000), 'opt.lr_start': (0, math.inf),
-        'opt.lr_peak_at': (1e-6, 0.999), 'opt.lr_end': (0, math.inf),
-        'opt.lookahead_every': (1, 10**6), 'opt.lookahead_decay': (0, 1),
+        'opt.lr_start': (0, math.inf), 'opt.lr_peak_at': (1e-6, 0.999), 'opt.lr_end': (0, math.inf),
         'aug.flip': ('alternating', 'random', 'none'), 'aug.translate': (0, 8),
-        'aug.cutout': (0, 32), 'net.depth': (2, 3), 'net.batchnorm_momentum': (0, 1),
+        'aug.cutout': (0, 32), 'net.batchnorm_momentum': (0, 1), 'net.tta_level': (0, 2),
+        **{f'net.widths.{block}': (1, 4096) for block in hyp['net']['widths']},
         'net.whiten_images': (1, 50000), 'net.whiten_eps': (1e-12, math.inf),
-        'net.tta_level': (0, 2),
-        **{f'net.widths.{block}': (1, 4096) for block in hyp['net']['widths']}})
+        'opt.whiten_bias_epochs': (0, 1000),
+        'opt.lookahead_every': (1, 10**6), 'opt.lookahead_decay': (0, 1),
+        'net.depth': (2, 3),
+    })
 
 
 def main(argv=None):

@@ -1,23 +1,25 @@
-"""airbench: the scripts' methods as a library, with the API of the original airbench package.
+"""airbench: the scripts' methods as a library, with the API of the original airbench package (0.1.8).
 
-Every public name is a script's own (`airbench.infer is airbench94.infer`) or a thin function that
-only adapts arguments to one: the original's keyword arguments become overrides of the script's
-hyperparameter dict, checked by the script's own check_hyp; `device=` becomes the script's Device;
-a folder becomes tensors through the script's load_cifar10; the default loaders are the script's
-make_loaders; and the table's header is printed as the original prints it. The network, the
-loader class, the optimizers and the training loop exist only in the scripts, so a fix there is a
-fix here (tests/test_package.py checks that this file defines none of them).
+Every public name is a script's own (`airbench.infer is airbench94.infer`) or a thin adapter to one:
+the original's keyword arguments become overrides of the script's hyperparameter dict, checked by the
+script's own check_hyp; `device=` (or the original's `gpu=`) becomes the script's Device; a folder
+becomes tensors through the script's load_cifar10; the default loaders are the script's make_loaders;
+and the table's header is printed as the original prints it. CifarLoader is a subclass of the
+scripts' loader whose __init__ only adapts the original's arguments. The network, the loader, the
+optimizers and the training loop exist only in the scripts, so a fix there is a fix here
+(tests/test_package.py checks that no file of the package defines any of them).
 
     import airbench
     net = airbench.train94(label_smoothing=0, seed=1)        # ./cifar10, else $AIRBENCH_DATA
     logits = airbench.infer(net, airbench.CifarLoader('cifar10', train=False))
 
-README.md, "The airbench package", has the table of every function and what it does on each device.
+docs/package.md has every function, what it does on each device, and each difference from 0.1.8.
 """
 import copy
 import math
 import numbers
 import os
+import re
 
 import torch
 
@@ -27,6 +29,7 @@ import airbench94_speedrun
 import airbench95
 import airbench96
 import airbench96_faster
+import airbench96_paper
 
 # The scripts' own functions and classes, unchanged.
 infer = airbench94.infer
@@ -36,7 +39,10 @@ Device = airbench94.Device
 UserError = airbench94.UserError                # a ValueError: bad input, one sentence
 TrainingDiverged = airbench94.TrainingDiverged  # an ArithmeticError: the loss became NaN or infinite
 
-SCRIPTS = (airbench94, airbench94_muon, airbench94_speedrun, airbench95, airbench96, airbench96_faster)
+SCRIPTS = (airbench94, airbench94_muon, airbench94_speedrun, airbench95, airbench96, airbench96_faster,
+           airbench96_paper)
+# The scripts whose train() sizes its own net's head by the loader's classes (the others: 10 classes).
+HEAD_FROM_CLASSES = (airbench94, airbench95, airbench96, airbench96_paper)
 
 # train93: airbench94's method with 11 epochs and widths 64/128/128 (the original package's
 # lib_airbench93.py: "93.00 in n=50"; everything else is airbench94's).
@@ -55,7 +61,6 @@ MUON_ARGS = {'epochs': 'opt.train_epochs', 'label_smoothing': 'opt.label_smoothi
              'whiten_bias_epochs': 'opt.whiten_bias_epochs', 'tta_level': 'net.tta_level'}
 FASTER_ARGS = {**SGD_ARGS, 'batch_size_masked': 'opt.batch_size_masked', 'proxy_every': 'opt.proxy_every'}
 SPEEDRUN_ARGS = {**{k: v for k, v in MUON_ARGS.items() if k != 'tta_level'}, 'tta_fraction': 'net.tta_fraction'}
-AUG_KEYS = ('translate', 'brightness', 'contrast', 'cutout')  # beside flip: the scripts' loader's keys
 
 
 def default_data_dir():
@@ -97,59 +102,66 @@ def with_overrides(script, base, values, where):
     try:
         script.check_hyp(hyp)
     except script.UserError as e:
-        message = str(e)
-        for key, (arg, _) in values.items():
-            message = message.replace(f'--set {key}=', f'{arg}=')
+        keys = '|'.join(re.escape(k) for k in sorted(values, key=len, reverse=True))  # the longest first
+        message = re.sub(rf'(--set )?({keys})\b', lambda m: values[m.group(2)][0], str(e)) if values else str(e)
         raise UserError(f'{where}: {message}') from None
     return hyp
 
 
-def loader_aug(aug, altflip, where):
-    """The original's aug dict as the scripts' loader takes it: flip=True is a random flip per image per
-    epoch, or the alternating flip with altflip=True; flip may also name the scripts' kind directly.
-    Beside the original's translate and cutout, the loader's brightness and contrast jitter (the speedrun's)."""
-    aug = {} if aug is None else aug
-    if not isinstance(aug, dict):
-        raise UserError(f'{where}: aug={aug!r} is not a dict, e.g. dict(flip=True, translate=2)')
-    unknown = sorted(map(str, set(aug) - {'flip', *AUG_KEYS}))
-    if unknown:
-        raise UserError(f"{where}: aug has unknown keys {', '.join(unknown)}: it takes flip, translate, cutout, "
-                        'brightness and contrast')
-    flip = aug.get('flip', False)
-    if flip in ('alternating', 'random', 'none'):
-        kind = flip
-    elif isinstance(flip, (bool, int)) and flip in (0, 1):
-        kind = ('alternating' if altflip else 'random') if flip else 'none'
-    else:
-        raise UserError(f"{where}: aug flip={flip!r} must be True, False, 'alternating', 'random' or 'none'")
-    values = {f'aug.{k}': (f"aug['{k}']", aug[k]) for k in AUG_KEYS if k in aug}
-    checked = with_overrides(airbench94_speedrun, airbench94_speedrun.hyp, values, where)['aug']  # its hyp has all
-    return {'flip': kind, **{k: checked[k] for k in AUG_KEYS if k in aug}}
+def gpu_device(gpu, device, where):
+    """device= from the original's gpu=: an index N is 'cuda:N', a name or torch.device is itself;
+    None leaves device= (the project's) to say."""
+    if gpu is None:
+        return device
+    if isinstance(gpu, bool) or not isinstance(gpu, (int, str, torch.device)):
+        raise UserError(f"{where}: gpu={gpu!r} is not a GPU index or a device name such as 'cuda:0' or 'cpu'")
+    if isinstance(gpu, int) and not 0 <= gpu < torch.cuda.device_count():
+        raise UserError(f'{where}: gpu={gpu!r} names CUDA device {gpu}, but this machine and torch build have '
+                        f"{torch.cuda.device_count()}: use gpu='cpu', or leave gpu out to choose automatically")
+    name = f'cuda:{gpu}' if isinstance(gpu, int) else gpu
+    try:
+        chosen = resolve_device(name, where)
+    except UserError as e:  # its sentence, naming the argument given
+        raise UserError(str(e).replace(f'device={name!r}', f'gpu={gpu!r}')) from None
+    if device is not None and resolve_device(device, where).torch_device != chosen.torch_device:
+        raise UserError(f'{where}: gpu={gpu!r} and device={device!r} name different devices: give one of them')
+    return name
 
 
-def CifarLoader(path, train=True, batch_size=500, aug=None, drop_last=None, shuffle=None, altflip=False,
-                device=None):
-    """The original's CifarLoader: the training (train=True) or test split of the CIFAR-10 folder `path`,
-    resident on the device, as an airbench94.CifarLoader (the scripts' loader class). The folder is read
-    as the scripts read --data-dir (a cache, the official files, the archive, else a download)."""
-    where = 'CifarLoader'
-    if not isinstance(path, (str, os.PathLike)):
-        raise UserError(f'{where}: path={path!r} is not a folder name')
-    for name, value in (('drop_last', drop_last), ('shuffle', shuffle)):
-        if value is not None and not isinstance(value, bool):
-            raise UserError(f'{where}: {name}={value!r} must be None, True or False')
-    aug = loader_aug(aug, altflip, where)
-    with_overrides(airbench94, airbench94.hyp, {'opt.batch_size': ('batch_size', batch_size)}, where)
-    dev = resolve_device(device, where)
-    split = load_cifar10(os.fspath(path))[0]['train' if train else 'test']
-    loader = airbench94.CifarLoader(split, dev, int(batch_size), train=bool(train), aug=aug, drop_last=drop_last,
-                                    shuffle=shuffle)
-    loader.data_dir = os.fspath(path)  # where the default test loader of a train function comes from
-    return loader
+class CifarLoader(airbench94.CifarLoader):
+    """The original's CifarLoader: the training (train=True) or test split of the CIFAR-10 folder
+    `path`, resident on the device, as the scripts' loader (an airbench94.CifarLoader). The folder is
+    read as the scripts read --data-dir (the original's train.pt/test.pt, a cache, the official files,
+    the archive, else a download). aug takes the original's dict (flip True/False, translate, cutout)
+    and altflip chooses the alternating flip for flip=True; both are read at every epoch. gpu= is the
+    original's (an index N: cuda:N; or a device name); device= the project's; neither: the best device."""
+
+    def __init__(self, path, train=True, batch_size=500, aug=None, drop_last=None, shuffle=None, altflip=False,
+                 gpu=None, *, device=None):
+        where = 'CifarLoader'
+        if not isinstance(path, (str, os.PathLike)):
+            raise UserError(f'{where}: path={path!r} is not a folder name')
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise UserError(f'{where}: path={os.fspath(path)!r} is a file, not a folder')
+        for name, value in (('train', train), ('altflip', altflip)):
+            if not isinstance(value, bool):
+                raise UserError(f'{where}: {name}={value!r} must be True or False')
+        for name, value in (('drop_last', drop_last), ('shuffle', shuffle)):
+            if value is not None and not isinstance(value, bool):
+                raise UserError(f'{where}: {name}={value!r} must be None, True or False')
+        if aug is not None and not isinstance(aug, dict):
+            raise UserError(f'{where}: aug={aug!r} is not a dict, e.g. dict(flip=True, translate=2)')
+        with_overrides(airbench94, airbench94.hyp, {'opt.batch_size': ('batch_size', batch_size)}, where)
+        dev = resolve_device(gpu_device(gpu, device, where), where)
+        split = load_cifar10(os.fspath(path))[0]['train' if train else 'test']
+        super().__init__(split, dev, int(batch_size), train=train, aug=aug, drop_last=drop_last, shuffle=shuffle)
+        self.altflip = altflip
+        self.data_dir = os.fspath(path)  # where the default test loader of a train function comes from
 
 
 def check_loader(loader, name, where):
-    """A loader the scripts can train on or evaluate: images (N, 3, H, W) and N labels in 0..9."""
+    """A loader the scripts can train on or evaluate: images (N, 3, H, W) and N int64 labels, none
+    negative (check_labels compares them with the net's head)."""
     if not all(hasattr(loader, a) for a in ('images', 'labels', 'batch_size', 'dev', 'next_epoch', 'normalize')):
         raise UserError(f'{where}: {name} is not a loader: make one with airbench.CifarLoader (or pass None)')
     images, labels = loader.images, loader.labels
@@ -158,8 +170,15 @@ def check_loader(loader, name, where):
     if labels.shape != (len(images),) or labels.dtype != torch.int64:
         raise UserError(f'{where}: {name}.labels must be {len(images)} int64 labels, one per image '
                         f'(it has shape {tuple(labels.shape)}, dtype {labels.dtype})')
-    if len(labels) and (labels.min() < 0 or labels.max() >= airbench94.NUM_CLASSES):
-        raise UserError(f'{where}: {name}.labels must be in 0..{airbench94.NUM_CLASSES - 1}')
+    if len(labels) and labels.min() < 0:
+        raise UserError(f'{where}: {name}.labels must be class indices, none of them negative')
+
+
+def check_labels(loader, classes, where):
+    """The training labels fit the net's head of `classes` outputs (None: unknown)."""
+    if classes is not None and len(loader.labels) and loader.labels.max() >= classes:
+        raise UserError(f'{where}: train_loader.labels must be in 0..{classes - 1}, the classes of the net it '
+                        f'trains (the largest is {int(loader.labels.max())})')
 
 
 def build_net(script, base, where, widths, batchnorm_momentum, device):
@@ -221,12 +240,10 @@ def run_training(script, base, where, names, args, default_make_net=None):
         model, run_seed = make_net(), None
         if not isinstance(model, torch.nn.Module):
             raise UserError(f'{where}: make_net() returned {type(model).__name__}, not a torch.nn.Module')
-        foreign = {type(m).__module__ for m in model.modules() if type(m).__name__ == 'BatchNorm'
-                   and type(m).__module__ in {s.__name__ for s in SCRIPTS} and type(m) is not script.BatchNorm}
-        if foreign:  # the script's optimizer finds BatchNorm biases by its own class
-            raise UserError(f"{where}: make_net's net has {', '.join(sorted(foreign))}'s BatchNorm layers, whose "
-                            f'biases {script.__name__} would not train as BatchNorm biases: build it with its own '
-                            'make_net (airbench.make_net93/94 for train93/94, make_net95, make_net96)')
+    if args['train_loader'] is not None:  # the head: the net's last layer with out_features, else the script's
+        heads = [m.out_features for m in model.modules() if hasattr(m, 'out_features')] if model is not None else [
+            len(train_loader.classes) if script in HEAD_FROM_CLASSES else airbench94.NUM_CLASSES]
+        check_labels(train_loader, heads[-1] if heads else None, where)
     if args['verbose'] and (run == 0 or warmup):
         script.print_row({c: c for c in script.COLUMNS}, rule_before=True, rule_after=True)
     kwargs = {} if model is None else {'model': model}
@@ -256,16 +273,25 @@ def make_net95(widths=dict(airbench95.hyp['net']['widths']),
     return build_net(airbench95, airbench95.hyp, 'make_net95', widths, batchnorm_momentum, device)
 
 
-def make_net96(widths=dict(airbench96.hyp['net']['widths']),
-               batchnorm_momentum=airbench96.hyp['net']['batchnorm_momentum'], device=None):
-    """airbench96.make_net: an untrained net on the device (None: auto)."""
-    return build_net(airbench96, airbench96.hyp, 'make_net96', widths, batchnorm_momentum, device)
+def make_net96(widths=dict(airbench96_paper.hyp['net']['widths']),
+               batchnorm_momentum=airbench96_paper.hyp['net']['batchnorm_momentum'], device=None):
+    """airbench96_paper.make_net (the paper's airbench96, the original's make_net96): an untrained net
+    on the device (None: auto)."""
+    return build_net(airbench96_paper, airbench96_paper.hyp, 'make_net96', widths, batchnorm_momentum, device)
 
 
-_o93, _o94, _o95, _o96 = HYP93['opt'], airbench94.hyp['opt'], airbench95.hyp['opt'], airbench96.hyp['opt']
+def make_net96_later(widths=dict(airbench96.hyp['net']['widths']),
+                     batchnorm_momentum=airbench96.hyp['net']['batchnorm_momentum'], device=None):
+    """airbench96.make_net (the repository's later airbench96): an untrained net on the device (None: auto)."""
+    return build_net(airbench96, airbench96.hyp, 'make_net96_later', widths, batchnorm_momentum, device)
+
+
+_o93, _o94, _o95, _o96 = HYP93['opt'], airbench94.hyp['opt'], airbench95.hyp['opt'], airbench96_paper.hyp['opt']
+_o96l = airbench96.hyp['opt']
 _om, _of, _os = airbench94_muon.hyp['opt'], airbench96_faster.hyp['opt'], airbench94_speedrun.hyp['opt']
-_t = {name: s.hyp['net']['tta_level'] for name, s in (('94', airbench94), ('95', airbench95), ('96', airbench96),
-                                                      ('m', airbench94_muon), ('f', airbench96_faster))}
+_t = {name: s.hyp['net']['tta_level'] for name, s in (('94', airbench94), ('95', airbench95), ('96', airbench96_paper),
+                                                      ('96l', airbench96), ('m', airbench94_muon),
+                                                      ('f', airbench96_faster))}
 _SGD_NO_SCHEDULE = {k: v for k, v in SGD_ARGS.items() if k not in ('lr_peak', 'lr_end')}
 
 
@@ -296,10 +322,19 @@ def train95(train_loader=None, epochs=_o95['train_epochs'], label_smoothing=_o95
 def train96(train_loader=None, epochs=_o96['train_epochs'], label_smoothing=_o96['label_smoothing'],
             learning_rate=_o96['lr'], bias_scaler=_o96['bias_scaler'], momentum=_o96['momentum'],
             weight_decay=_o96['weight_decay'], whiten_bias_epochs=_o96['whiten_bias_epochs'], tta_level=_t['96'],
-            make_net=make_net96, run=0, verbose=True, lr_peak=_o96['lr_peak_at'], lr_end=_o96['lr_end'], *,
-            seed=None, device=None, test_loader=None, callback=None):
-    """airbench96.train; returns the trained net. Unlike the original's, lr_peak and lr_end take effect."""
-    return run_training(airbench96, airbench96.hyp, 'train96', SGD_ARGS, locals(), make_net96)
+            make_net=make_net96, run=0, verbose=True, *, seed=None, device=None, test_loader=None, callback=None):
+    """airbench96_paper.train (the paper's airbench96, the original's train96); returns the trained net."""
+    return run_training(airbench96_paper, airbench96_paper.hyp, 'train96', _SGD_NO_SCHEDULE, locals(), make_net96)
+
+
+def train96_later(train_loader=None, epochs=_o96l['train_epochs'], label_smoothing=_o96l['label_smoothing'],
+                  learning_rate=_o96l['lr'], bias_scaler=_o96l['bias_scaler'], momentum=_o96l['momentum'],
+                  weight_decay=_o96l['weight_decay'], whiten_bias_epochs=_o96l['whiten_bias_epochs'],
+                  tta_level=_t['96l'], make_net=make_net96_later, run=0, verbose=True, lr_peak=_o96l['lr_peak_at'],
+                  lr_end=_o96l['lr_end'], *, seed=None, device=None, test_loader=None, callback=None):
+    """airbench96.train (the repository's later airbench96); returns the trained net. lr_peak and lr_end
+    take effect (the repository's unreleased version of this function accepted and ignored them)."""
+    return run_training(airbench96, airbench96.hyp, 'train96_later', SGD_ARGS, locals(), make_net96_later)
 
 
 def train94_muon(train_loader=None, epochs=_om['train_epochs'], label_smoothing=_om['label_smoothing'],
@@ -332,7 +367,7 @@ def train96_faster(train_loader=None, epochs=_of['train_epochs'], label_smoothin
 
 
 def warmup93(*args, **kwargs):
-    """train93(..., run=-1): one training step, no evaluation (README.md, "The airbench package")."""
+    """train93(..., run=-1): one training step, no evaluation (docs/package.md)."""
     return train93(*args, run=-1, **kwargs)
 
 
@@ -351,6 +386,11 @@ def warmup96(*args, **kwargs):
     return train96(*args, run=-1, **kwargs)
 
 
+def warmup96_later(*args, **kwargs):
+    """train96_later(..., run=-1): one training step, no evaluation."""
+    return train96_later(*args, run=-1, **kwargs)
+
+
 def warmup94_muon(*args, **kwargs):
     """train94_muon(..., run=-1): one training step, no evaluation."""
     return train94_muon(*args, run=-1, **kwargs)
@@ -367,6 +407,10 @@ def warmup96_faster(*args, **kwargs):
 
 
 __all__ = ['CifarLoader', 'infer', 'evaluate', 'load_cifar10', 'Device', 'UserError', 'TrainingDiverged',
-           'make_net93', 'make_net94', 'make_net95', 'make_net96', 'train93', 'train94', 'train95', 'train96',
-           'train94_muon', 'train94_speedrun', 'train96_faster', 'warmup93', 'warmup94', 'warmup95', 'warmup96',
-           'warmup94_muon', 'warmup94_speedrun', 'warmup96_faster']
+           'make_net93', 'make_net94', 'make_net95', 'make_net96', 'make_net96_later', 'train93', 'train94', 'train95',
+           'train96', 'train96_later', 'train94_muon', 'train94_speedrun', 'train96_faster', 'warmup93', 'warmup94',
+           'warmup95', 'warmup96', 'warmup96_later', 'warmup94_muon', 'warmup94_speedrun', 'warmup96_faster']
+
+# The original's modules, imported with the package as the original's are (airbench.utils works after
+# `import airbench`); last, since they take their names from this one.
+from . import utils, lib_airbench93, lib_airbench94, lib_airbench95, lib_airbench96  # noqa: E402, F401

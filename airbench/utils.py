@@ -3,57 +3,22 @@ signatures, for code that imports them (`from airbench.utils import LookaheadSta
 
 Each name is a script's own (airbench94's shared blocks: the same code in every script) or a thin function
 that only adapts the original's arguments to one. The printing functions print the original's table
-format; the train functions of the package print the scripts' table. docs/package.md lists what differs.
+format; the package's train functions print the scripts' table. docs/package.md lists what differs.
 """
 import airbench94
 
-from . import UserError, CifarLoader, evaluate, infer, run_training, _SGD_NO_SCHEDULE  # noqa: F401 (re-exported)
+from . import CifarLoader, UserError, evaluate, infer, run_training, _SGD_NO_SCHEDULE  # noqa: F401 (re-exported)
 
-CIFAR_MEAN = airbench94.CIFAR_MEAN  # DRAFT: 0.1.8's are tensors; the scripts' are tuples (see the issue's notes)
-CIFAR_STD = airbench94.CIFAR_STD
+_cifar = airbench94.Normalize.cifar()  # the loaders' normalisation, on the CPU in fp32, as the original's constants
+CIFAR_MEAN, CIFAR_STD = _cifar.mean, _cifar.std  # (3,) tensors
 
-LookaheadState = airbench94.LookaheadState  # LookaheadState(net), .update(net, decay), .net_ema
-
-
-def batch_flip_lr(inputs):
-    """Mirrors a random half of the images (airbench94.batch_flip_lr)."""
-    return airbench94.batch_flip_lr(inputs)
-
-
-def batch_crop(images, crop_size):
-    """A random crop_size x crop_size crop of each padded image (airbench94.batch_crop)."""
-    return airbench94.batch_crop(images, crop_size)
-
-
-def batch_cutout(inputs, size):
-    """Zeroes one random size x size square per image, in every channel (airbench94.batch_cutout)."""
-    return airbench94.batch_cutout(inputs, size)
-
-
-def make_random_square_masks(inputs, size):
-    """(N, 1, H, W) boolean masks, each one random size x size square inside the image: the squares
-    airbench94.batch_cutout zeroes (the same two draws, in the same order as the original's)."""
-    n, _, h, w = inputs.shape
-    return airbench94.batch_cutout(inputs.new_ones((n, 1, h, w)), size) == 0
-
-
-def get_patches(x, patch_shape):
-    """Every h x w patch of the images x (N, C, H, W) as a float (P, C, h, w) tensor, in the original's
-    order (image, then column, then row)."""
-    h, w = patch_shape
-    return x.unfold(2, h, 1).unfold(3, w, 1).permute(0, 3, 2, 1, 4, 5).flatten(0, 2).float()
-
-
-def get_whitening_parameters(patches):
-    """(eigenvalues (K, 1, 1, 1), eigenvectors (K, C, h, w)) of the patches' uncentred covariance, the
-    largest first: read off airbench94.whitening_filters, whose filters are the eigenvectors divided by
-    sqrt(eigenvalue + eps) (here eps = 1, so that no eigenvalue rounded below zero gives a NaN)."""
-    if patches.dim() != 4 or patches.size(-1) != patches.size(-2):
-        raise UserError(f'get_whitening_parameters: patches of shape {tuple(patches.shape)}: expected square '
-                        'patches (P, C, k, k), as get_patches(x, (k, k)) gives')
-    filters = airbench94.whitening_filters(patches, patches.size(-1), eps=1.0)[:patches[0].numel()]
-    scale = filters.flatten(1).norm(dim=1).view(-1, 1, 1, 1)  # 1 / sqrt(eigenvalue + 1)
-    return scale.pow(-2) - 1, filters / scale
+batch_flip_lr = airbench94.batch_flip_lr                        # (inputs)
+batch_crop = airbench94.batch_crop                              # (images, crop_size)
+make_random_square_masks = airbench94.make_random_square_masks  # (inputs, size)
+batch_cutout = airbench94.batch_cutout                          # (inputs, size)
+get_patches = airbench94.get_patches                            # (x, patch_shape)
+get_whitening_parameters = airbench94.get_whitening_parameters  # (patches)
+LookaheadState = airbench94.LookaheadState                      # (net), .update(net, decay), .net_ema
 
 
 def init_whitening_conv(layer, train_set, eps=5e-4):

@@ -134,35 +134,39 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
-def batch_flip_lr(images, generator=None):
+def batch_flip_lr(inputs, generator=None):
     """Mirrors a random half of the images."""
-    flip = torch.rand(len(images), device=images.device, generator=generator) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+    flip = torch.rand(len(inputs), device=inputs.device, generator=generator) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), inputs.flip(-1), inputs)
 
 
-def batch_crop(images, size, generator=None):
-    """A random size x size crop of each (padded) image: an independent shift in [-r, r]
-    per axis per image, r = (side - size) // 2, drawn as one (N, 2) randint (rows, columns);
+def batch_crop(images, crop_size, generator=None):
+    """A random crop_size x crop_size crop of each (padded) image: an independent shift in [-r, r]
+    per axis per image, r = (side - crop_size) // 2, drawn as one (N, 2) randint (rows, columns);
     all crops are one gather."""
-    n, c, r = len(images), images.size(1), (images.size(-1) - size) // 2
+    n, c, r = len(images), images.size(1), (images.size(-1) - crop_size) // 2
     shifts = torch.randint(-r, r + 1, size=(n, 2), device=images.device, generator=generator)
-    offsets = torch.arange(size, device=images.device)
-    rows = (r + shifts[:, 0]).view(n, 1, 1, 1) + offsets.view(1, 1, size, 1)
-    cols = (r + shifts[:, 1]).view(n, 1, 1, 1) + offsets.view(1, 1, 1, size)
+    offsets = torch.arange(crop_size, device=images.device)
+    rows = (r + shifts[:, 0]).view(n, 1, 1, 1) + offsets.view(1, 1, crop_size, 1)
+    cols = (r + shifts[:, 1]).view(n, 1, 1, 1) + offsets.view(1, 1, 1, crop_size)
     batch = torch.arange(n, device=images.device).view(n, 1, 1, 1)
     return images[batch, torch.arange(c, device=images.device).view(1, c, 1, 1), rows, cols]
 
 
-def batch_cutout(images, size, generator=None):
-    """Zeroes one size x size square per image, its top-left corner uniform over the positions
-    that keep it inside the image."""
-    n, _, h, w = images.shape
-    top = torch.randint(0, h - size + 1, size=(n, 1, 1, 1), device=images.device, generator=generator)
-    left = torch.randint(0, w - size + 1, size=(n, 1, 1, 1), device=images.device, generator=generator)
-    ys = torch.arange(h, device=images.device).view(1, 1, h, 1)
-    xs = torch.arange(w, device=images.device).view(1, 1, 1, w)
-    inside = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
-    return images.masked_fill(inside, 0)
+def make_random_square_masks(inputs, size, generator=None):
+    """(N, 1, H, W) bool masks, each one size x size square, its top-left corner uniform over the
+    positions that keep it inside the image (drawn for the rows, then for the columns)."""
+    n, _, h, w = inputs.shape
+    top = torch.randint(0, h - size + 1, size=(n, 1, 1, 1), device=inputs.device, generator=generator)
+    left = torch.randint(0, w - size + 1, size=(n, 1, 1, 1), device=inputs.device, generator=generator)
+    ys = torch.arange(h, device=inputs.device).view(1, 1, h, 1)
+    xs = torch.arange(w, device=inputs.device).view(1, 1, 1, w)
+    return (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
+
+
+def batch_cutout(inputs, size, generator=None):
+    """Zeroes one random size x size square per image, in every channel."""
+    return inputs.masked_fill(make_random_square_masks(inputs, size, generator), 0)
 
 
 class Normalize:
@@ -171,6 +175,12 @@ class Normalize:
 
     def __init__(self, mean, std):
         self.mean, self.std = mean, std
+
+    @classmethod
+    def cifar(cls, device=None, dtype=None):
+        """CIFAR-10's mean and std, as tensors of this device and dtype (default: CPU, fp32)."""
+        return cls(torch.tensor(CIFAR_MEAN, device=device, dtype=dtype),
+                   torch.tensor(CIFAR_STD, device=device, dtype=dtype))
 
     def __call__(self, images):
         return (images - self.mean.view(-1, 1, 1)) / self.std.view(-1, 1, 1)
@@ -208,8 +218,7 @@ class CifarLoader:
         self.batch_size = batch_size
         self.drop_last = train if drop_last is None else drop_last
         self.shuffle = train if shuffle is None else shuffle
-        self.normalize = Normalize(torch.tensor(CIFAR_MEAN, device=dev.torch_device, dtype=dev.data_dtype),
-                                   torch.tensor(CIFAR_STD, device=dev.torch_device, dtype=dev.data_dtype))
+        self.normalize = Normalize.cifar(dev.torch_device, dev.data_dtype)
 
     def __setattr__(self, name, value):
         if name in ('images', 'labels') and getattr(self, 'epoch', 0) > 0:  # epoch 0 prepared them
@@ -298,8 +307,8 @@ class PageLoader(CifarLoader):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.mean, self.std = (torch.tensor(v, device=self.dev.torch_device).view(1, 3, 1, 1).div(255).to(self.dev.data_dtype)
-                               for v in (PAGE_MEAN, PAGE_STD))
+        self.normalize = Normalize(*(torch.tensor(v, device=self.dev.torch_device).div(255).to(self.dev.data_dtype)
+                                     for v in (PAGE_MEAN, PAGE_STD)))
 
 #############################################
 #                  Network                  #
@@ -640,7 +649,7 @@ def train(hyp, dev, train_loader, test_loader=None, seed=None, run=0, verbose=Tr
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule[step])
     timer = Timer(dev)
 
-    with timer:  # timing starts when the training data is first touched
+    with timer:  # timing starts when the training data is first touched (paper §2)
         whiten_images = train_loader.normalize(train_loader.images[:hyp['net']['whiten_images']])
         init_whitening_conv(model[0], whiten_images, hyp['net']['whiten_eps'])
         ema = EMA(model)  # the average starts from the initial net, whitening included
@@ -658,7 +667,7 @@ def train(hyp, dev, train_loader, test_loader=None, seed=None, run=0, verbose=Tr
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
-                finite.append(torch.isfinite(loss))
+                finite.append(torch.isfinite(loss))  # checked once per epoch: a check per step would sync
                 step += 1
                 if i % o['ema_every'] == 0:  # counted within the epoch, as the original: after its steps 1, 6, ...
                     ema.update(model, rho=o['ema_momentum']**o['ema_every'])
@@ -805,11 +814,11 @@ def check_split(split, where, fix):
     labels and class names are CIFAR-10's kind; else a UserError naming what is wrong."""
     get = split.get if isinstance(split, dict) else {}.get
     images, labels, classes = get('images'), get('labels'), get('classes')
-    on_cpu = [isinstance(t, torch.Tensor) and t.device.type == 'cpu' for t in (images, labels)]
-    if not (on_cpu[0] and images.dtype == torch.uint8 and images.shape[1:] == (32, 32, 3)
+    ok = [type(t) is torch.Tensor and (t.device.type, t.layout) == ('cpu', torch.strided) for t in (images, labels)]
+    if not (ok[0] and images.dtype == torch.uint8 and images.shape[1:] == (32, 32, 3)
             and 0 < len(images) <= 50000):
         wrong = 'images: not 1 to 50,000 uint8 images (N, 32, 32, 3)'
-    elif not (on_cpu[1] and labels.dtype == torch.int64 and labels.shape == (len(images),)
+    elif not (ok[1] and labels.dtype == torch.int64 and labels.shape == (len(images),)
               and 0 <= labels.min() and labels.max() < NUM_CLASSES):
         wrong = 'labels: not N int64 labels in 0..9'
     elif not (isinstance(classes, list) and len(classes) == NUM_CLASSES):
@@ -1136,21 +1145,20 @@ def check_hyp(hyp):
         'opt.train_epochs': (1e-3, 1000), 'opt.batch_size': (1, 50000), 'opt.lr': (1e-9, math.inf),
         'opt.momentum': (0, 0.999), 'opt.weight_decay': (0, math.inf),
         'opt.bias_scaler': (1e-9, math.inf), 'opt.label_smoothing': (0, 1),
-        'opt.lr_peak_epoch': (1e-6, 1000), 'opt.lr_end_epoch': (1e-6, 1000),
-        'opt.lr_end': (0, math.inf), 'opt.ema_every': (1, 10**6), 'opt.ema_momentum': (0, 1),
-        'aug.flip': ('alternating', 'random', 'none'), 'aug.translate': (0, 8),
-        'net.ghost_splits': (1, 50000), 'net.batchnorm_momentum': (0, 1),
-        'net.batchnorm_eps': (1e-30, 1), 'net.celu_alpha': (1e-9, math.inf),
+        'opt.lr_end': (0, math.inf), 'aug.flip': ('alternating', 'random', 'none'),
+        'aug.translate': (0, 8), 'net.batchnorm_momentum': (0, 1), 'net.tta_level': (0, 2),
+        **{f'net.widths.{block}': (1, 4096) for block in hyp['net']['widths']},
         'net.whiten_images': (1, 50000), 'net.whiten_eps': (1e-12, math.inf),
-        'net.tta_level': (0, 2),
-        **{f'net.widths.{block}': (1, 4096) for block in hyp['net']['widths']}})
+        'opt.lr_peak_epoch': (1e-6, 1000), 'opt.lr_end_epoch': (1e-6, 1000),
+        'opt.ema_every': (1, 10**6), 'opt.ema_momentum': (0, 1), 'net.ghost_splits': (1, 50000),
+        'net.batchnorm_eps': (1e-30, 1), 'net.celu_alpha': (1e-9, math.inf),
+    })
     o = hyp['opt']
     if o['lr_end_epoch'] <= o['lr_peak_epoch']:
-        raise UserError(f"--set opt.lr_end_epoch={o['lr_end_epoch']!r}: it must come after "
-                        'opt.lr_peak_epoch')
+        raise UserError(f"--set opt.lr_end_epoch={o['lr_end_epoch']!r} must come after opt.lr_peak_epoch")
     if o['batch_size'] % hyp['net']['ghost_splits']:
-        raise UserError(f"--set net.ghost_splits={hyp['net']['ghost_splits']!r}: it must divide "
-                        f"opt.batch_size ({o['batch_size']})")
+        raise UserError(f"--set net.ghost_splits={hyp['net']['ghost_splits']!r} must divide opt.batch_size "
+                        f"({o['batch_size']})")
 
 
 def main(argv=None):

@@ -128,7 +128,6 @@ class Device:
         return torch.autocast(device_type=self.type, dtype=self.autocast_dtype)
 #=== end shared: setup
 
-
 #############################################
 #       Data loading and augmentation       #
 #############################################
@@ -241,12 +240,13 @@ class HlbLoader:
 
 #=== shared: batchnorm
 class BatchNorm(nn.BatchNorm2d):
-    """BatchNorm whose scale is fixed at 1; only the bias learns."""
+    """BatchNorm whose scale is fixed at 1; only the bias learns (weight=, bias= say which train)."""
 
-    def __init__(self, num_features, momentum, eps=1e-12):
+    def __init__(self, num_features, momentum, eps=1e-12, weight=False, bias=True):
         # airbench's momentum weighs the old running stats; PyTorch's weighs the new batch.
         super().__init__(num_features, eps=eps, momentum=1 - momentum)
-        self.weight.requires_grad = False
+        self.weight.requires_grad = weight
+        self.bias.requires_grad = bias
 #=== end shared: batchnorm
 
 
@@ -547,7 +547,7 @@ def train(hyp, dev, train_loader, test_loader=None, seed=None, run=0, verbose=Tr
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule[step])
     timer = Timer(dev)
 
-    with timer:  # timing starts when the training data is first touched
+    with timer:  # timing starts when the training data is first touched (paper §2)
         mean, std = channel_statistics(train_loader.images)
         for loader in (train_loader, test_loader):
             loader.set_statistics(mean, std)
@@ -569,7 +569,7 @@ def train(hyp, dev, train_loader, test_loader=None, seed=None, run=0, verbose=Tr
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
-                finite.append(torch.isfinite(loss))
+                finite.append(torch.isfinite(loss))  # checked once per epoch: a check per step would sync
                 step += 1
                 if epoch >= lookahead_start and step % o['lookahead_every'] == 0:
                     if lookahead is None:  # the first sync only takes the snapshot the average starts from
@@ -727,11 +727,11 @@ def check_split(split, where, fix):
     labels and class names are CIFAR-10's kind; else a UserError naming what is wrong."""
     get = split.get if isinstance(split, dict) else {}.get
     images, labels, classes = get('images'), get('labels'), get('classes')
-    on_cpu = [isinstance(t, torch.Tensor) and t.device.type == 'cpu' for t in (images, labels)]
-    if not (on_cpu[0] and images.dtype == torch.uint8 and images.shape[1:] == (32, 32, 3)
+    ok = [type(t) is torch.Tensor and (t.device.type, t.layout) == ('cpu', torch.strided) for t in (images, labels)]
+    if not (ok[0] and images.dtype == torch.uint8 and images.shape[1:] == (32, 32, 3)
             and 0 < len(images) <= 50000):
         wrong = 'images: not 1 to 50,000 uint8 images (N, 32, 32, 3)'
-    elif not (on_cpu[1] and labels.dtype == torch.int64 and labels.shape == (len(images),)
+    elif not (ok[1] and labels.dtype == torch.int64 and labels.shape == (len(images),)
               and 0 <= labels.min() and labels.max() < NUM_CLASSES):
         wrong = 'labels: not N int64 labels in 0..9'
     elif not (isinstance(classes, list) and len(classes) == NUM_CLASSES):
@@ -1059,17 +1059,18 @@ def check_hyp(hyp):
         'opt.momentum': (0, 0.999), 'opt.weight_decay': (0, math.inf),
         'opt.bias_scaler': (1e-9, math.inf), 'opt.label_smoothing': (0, 1), 'opt.lr_start': (0, 1),
         'opt.lr_peak_at': (1e-6, 0.999), 'opt.lr_end': (0, math.inf),
-        'opt.lookahead_epochs': (0, 1000), 'opt.lookahead_every': (1, 10**6),
-        'opt.lookahead_decay': (0, 1), 'aug.flip': ('random', 'none'), 'aug.translate': (0, 8),
-        'aug.crop_positions': (1, 17), 'aug.cutmix': (0, 32), 'aug.cutmix_epochs': (0, 1000),
-        'net.batchnorm_momentum': (0, 1), 'net.whiten_images': (1, 50000),
-        'net.whiten_chunk': (1, 50000), 'net.whiten_eps': (1e-12, math.inf),
+        'aug.flip': ('random', 'none'), 'aug.translate': (0, 8), 'net.batchnorm_momentum': (0, 1),
         'net.tta_level': (0, 2),
-        **{f'net.widths.{block}': (1, 4096) for block in hyp['net']['widths']}})
+        **{f'net.widths.{block}': (1, 4096) for block in hyp['net']['widths']},
+        'net.whiten_images': (1, 50000), 'net.whiten_eps': (1e-12, math.inf),
+        'opt.lookahead_every': (1, 10**6), 'opt.lookahead_decay': (0, 1),
+        'opt.lookahead_epochs': (0, 1000), 'aug.crop_positions': (1, 17), 'aug.cutmix': (0, 32),
+        'aug.cutmix_epochs': (0, 1000), 'net.whiten_chunk': (1, 50000),
+    })
     a = hyp['aug']
     if a['crop_positions'] > 2 * a['translate'] + 1:
-        raise UserError(f"--set aug.crop_positions={a['crop_positions']!r}: it must be at most "
-                        f"2 x aug.translate + 1 = {2 * a['translate'] + 1}")
+        raise UserError(f"--set aug.crop_positions={a['crop_positions']!r} must be at most 2 x aug.translate + 1 "
+                        f"= {2 * a['translate'] + 1}")
 
 
 def main(argv=None):

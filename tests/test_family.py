@@ -11,14 +11,14 @@ from conftest import TINY, load_script, log_dir_of, no_traceback, read_log, run_
 # ---------------------------------------------------------------- end to end
 
 
-@pytest.mark.parametrize('script', ['airbench95', 'airbench96'])
+@pytest.mark.parametrize('script', ['airbench95', 'airbench96', 'airbench96_paper'])
 def test_end_to_end(script, cifar_dir, tmp_path):
     proc = run_script(script, '--data-dir', cifar_dir, '--log-dir', str(tmp_path), '--runs', '1', '--seed', '0',
-                      *TINY)
+                      '--no-warmup', *TINY)  # the warmup is the shared harness's (test_airbench94_e2e)
     no_traceback(proc)
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith('|')]
-    assert len(rows) == 1 + 2 * 4  # head, then warmup and run 1: 3 epochs + eval
+    assert len(rows) == 1 + 4  # head, then run 1: 3 epochs + eval
     assert sum(line.startswith('Mean:') for line in proc.stdout.splitlines()) == 1
     log = read_log(log_dir_of(proc.stdout))
     assert log['script'] == script and log['status'] == 'complete'
@@ -26,7 +26,8 @@ def test_end_to_end(script, cifar_dir, tmp_path):
 
 
 @pytest.mark.parametrize('name, runs', [('airbench94', 25), ('airbench94_compiled', 25), ('airbench95', 10),
-                                        ('airbench96', 5), ('airbench94_muon', 200), ('airbench96_faster', 200)])
+                                        ('airbench96', 5), ('airbench96_paper', 5), ('airbench94_muon', 200),
+                                        ('airbench96_faster', 200)])
 def test_default_run_counts(name, runs, monkeypatch):
     m = load_script(name)
     monkeypatch.setattr(m, 'benchmark', lambda args, *rest: args)
@@ -140,10 +141,21 @@ def test_airbench96_schedule_knots(ab96):
     assert s[1000] == pytest.approx((1776 - 1000) / (1776 - 177))
 
 
-def test_airbench96_first_version_is_reachable_with_overrides(ab96):
-    hyp, overrides = ab96.apply_overrides(ab96.hyp, ['opt.train_epochs=40', 'net.widths.block2=512'])
-    assert hyp['net']['widths'] == {'block1': 128, 'block2': 512, 'block3': 512}
-    assert hyp['opt']['train_epochs'] == 40.0 and overrides == {'opt.train_epochs': 40.0, 'net.widths.block2': 512}
+def test_airbench96_paper_is_airbench96_with_the_papers_differences(ab96):
+    """docs/method.md §2.2: the paper's airbench96 (airbench 0.1.8's) differs from airbench96.py in these
+    hyperparameters (and its group's residual, tests/test_package_compat.py), and in nothing else."""
+    paper = load_script('airbench96_paper')
+    values = {m: {k: tree[leaf] for k, (tree, leaf) in m.leaves(m.hyp).items()} for m in (ab96, paper)}
+    changed = {'opt.train_epochs': 40.0, 'opt.weight_decay': 0.0153, 'opt.lr_peak_at': 0.23, 'opt.lr_end': 0.07,
+               'net.widths.block2': 512, 'net.batchnorm_momentum': 0.6}
+    assert values[paper] == {**{k: v for k, v in values[ab96].items() if k != 'net.depth'}, **changed}
+    assert paper.train_steps(paper.hyp['opt'], 50000) == 1920
+    s = paper.lr_schedule(1920, 0.2, 0.23, 0.07)
+    assert s[0] == pytest.approx(0.2) and s[441] == 1.0 and s[1920] == pytest.approx(0.07)
+    net = paper.make_net(paper.hyp)
+    assert sum(p.numel() for p in net.parameters()) == 12721208  # 0.1.8's make_net96(), counted
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 9 and all(m.momentum == pytest.approx(0.4) for m in norms)
 
 
 @pytest.mark.parametrize('name', ['airbench95', 'airbench96'])

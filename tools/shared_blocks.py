@@ -56,6 +56,7 @@ CARRIED = {
     'airbench94_compiled.py': SGD_FAMILY + ('reinit',),
     'airbench95.py': SGD_FAMILY,
     'airbench96.py': SGD_FAMILY,
+    'airbench96_paper.py': SGD_FAMILY,
     # Muon: no lookahead, its own lr schedules and optimizers
     'airbench94_muon.py': tuple(b for b in SGD_FAMILY if b not in ('lookahead', 'schedule', 'optimizer')) + ('reinit',),
     'airbench96_faster.py': SGD_FAMILY + ('reinit',),
