@@ -282,12 +282,12 @@ def test_the_log_says_whether_the_archive_is_the_official_release(tmp_path):
     data = tmp_path / 'data'
     synthetic.write_archive(str(data))
     md5 = hashlib.md5((data / 'cifar-10-python.tar.gz').read_bytes()).hexdigest()
-    proc = run(data, '--set', 'opt.train_epochs=1', tmp_path=tmp_path)
+    proc = run(data, '--set', 'opt.train_epochs=0.1', tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
     log = read_log(log_dir_of(proc.stdout))
     assert log['data']['source'] == 'archive'
     assert log['data']['origin'] == f'{data / "cifar-10-python.tar.gz"}, MD5 {md5} (not as released)'
-    again = run(data, '--set', 'opt.train_epochs=1', tmp_path=tmp_path)  # from the cache now, which keeps it
+    again = run(data, '--set', 'opt.train_epochs=0.1', tmp_path=tmp_path)  # from the cache now, which keeps it
     assert read_log(log_dir_of(again.stdout))['data'] == {**log['data'], 'source': 'cache'}
 
 
@@ -377,7 +377,7 @@ def test_nan_loss_stops_the_run_naming_the_step(cifar_dir, tmp_path):
 def test_interrupt_keeps_the_finished_runs(cifar_dir, tmp_path):
     logs = tmp_path / 'logs'
     cmd = [sys.executable, str(REPO / f'{SCRIPT}.py'), '--data-dir', cifar_dir, '--log-dir', str(logs),
-           '--runs', '50', '--no-warmup', '--seed', '1', *TINY]
+           '--runs', '50', '--no-warmup', '--seed', '1', *TINY, '--set', 'opt.train_epochs=0.5']  # 5 steps a run
     # a shell starts background jobs with SIGINT ignored, and children inherit that: give Ctrl-C
     # back its default, so the test means the same however pytest itself was started
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -24,7 +24,7 @@ def start(cifar_dir, logs, *args, prelude=''):
     code = ('import runpy, sys\n' + prelude + f'sys.argv = [{str(SCRIPT)!r}] + sys.argv[1:]\n'
             'runpy.run_path(sys.argv[0], run_name="__main__")\n')
     cmd = [sys.executable, '-c', code, '--data-dir', cifar_dir, '--log-dir', str(logs), '--no-warmup', '--seed', '1',
-           *TINY, *args]
+           *TINY, '--set', 'opt.train_epochs=0.5', *args]  # 5 steps a run: these tests are about the harness
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, 'PYTHONUNBUFFERED': '1'})
 

@@ -6,8 +6,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from conftest import REPO, TINY, log_dir_of, no_traceback, read_log
+from conftest import REPO, TINY, load_script, log_dir_of, no_traceback, read_log, train_on
 
 SCRIPTS = ['airbench94', 'airbench94_compiled', 'airbench95', 'airbench96', 'airbench94_muon', 'airbench96_faster']
 # TINY trains 3 epochs of 10 steps; the whitening bias freezes after the first, so every run
@@ -39,9 +40,9 @@ def train_source(name):
     return next(ast.unparse(node) for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == 'train')
 
 
-# airbench95 and airbench96 run airbench94's train() (checked below) under the shared harness, so
-# airbench94's invocation covers their seeding; the others train their own way.
-SAME_TRAIN = ['airbench95', 'airbench96']
+# airbench95, airbench96 and airbench96_paper run airbench94's train() (checked below) under the shared
+# harness, so airbench94's invocation covers their seeding; the others train their own way.
+SAME_TRAIN = ['airbench95', 'airbench96', 'airbench96_paper']
 
 
 @pytest.mark.parametrize('name', SAME_TRAIN)
@@ -52,15 +53,19 @@ def test_seeding_of_the_family_is_airbench94s(name):
 
 @pytest.mark.parametrize('name', [name for name in SCRIPTS if name not in SAME_TRAIN])
 def test_run_k_equals_run_1_of_the_seed_k_minus_1(name, cifar_dir, tmp_path):
-    """Run 2 of `--seed 10 --runs 2` (after the warmup and run 1) is run 1 of `--seed 11 --runs 1`:
-    both use seed 12. Two epochs, the whitening bias frozen after the first."""
-    many = invoke(name, '--seed', '10', '--runs', '2', *EPOCHS_2, cifar_dir=cifar_dir, tmp_path=tmp_path)
+    """Run 2 of `--seed 10 --runs 2` (after run 1, and for the compiled script after the warmup that
+    compiles) is run 1 of `--seed 11 --runs 1`: both use seed 12. Two epochs, the whitening bias
+    frozen after the first, so run 2 must unfreeze what run 1 froze."""
+    warmup = [] if name == 'airbench94_compiled' else ['--no-warmup']
+    many = invoke(name, '--seed', '10', '--runs', '2', *warmup, *EPOCHS_2, cifar_dir=cifar_dir, tmp_path=tmp_path)
     one = invoke(name, '--seed', '11', '--runs', '1', '--no-warmup', *EPOCHS_2, cifar_dir=cifar_dir, tmp_path=tmp_path)
     for proc in (many, one):
         no_traceback(proc)
         assert proc.returncode == 0, proc.stderr
-    runs = read_log(log_dir_of(many.stdout))['runs']
-    alone = read_log(log_dir_of(one.stdout))['runs'][0]
+    log = read_log(log_dir_of(many.stdout))
+    runs, alone = log['runs'], read_log(log_dir_of(one.stdout))['runs'][0]
+    assert log['status'] == 'complete' and sum(line.startswith('Mean:') for line in many.stdout.splitlines()) == 1
+    assert [r['steps'] for r in runs] == [20, 20] and min(r['tta_val_acc'] for r in runs) > 0.3  # they learn
     assert [r['seed'] for r in runs] == [11, 12] and alone['seed'] == 12  # run k uses seed S + k
     assert fingerprint(runs[1]) == fingerprint(alone)
     assert fingerprint(runs[0])['epochs'] != fingerprint(alone)['epochs']  # another seed is another run
@@ -81,10 +86,10 @@ F.cross_entropy = _cross_entropy
 '''
 
 
-@pytest.mark.parametrize('name', SCRIPTS)
-def test_a_nan_loss_names_its_step_and_keeps_the_finished_runs(name, cifar_dir, tmp_path):
-    # run 1: steps 1-30; run 2 gets the NaN at its step 13 (in its second epoch)
-    proc = invoke(name, '--seed', '0', '--runs', '3', '--no-warmup', cifar_dir=cifar_dir, tmp_path=tmp_path,
+def test_a_nan_loss_names_its_step_and_keeps_the_finished_runs(cifar_dir, tmp_path):
+    """The harness (the same block in every script): run 1 (steps 1-30) is kept, run 2 gets the NaN
+    at its step 13 (in its second epoch); one sentence, exit 1, the log says why."""
+    proc = invoke('airbench94', '--seed', '0', '--runs', '3', '--no-warmup', cifar_dir=cifar_dir, tmp_path=tmp_path,
                   prelude=INJECT_NAN.replace('{k}', str(30 + 13)))
     no_traceback(proc)
     assert proc.returncode == 1, (proc.returncode, proc.stderr)
@@ -93,3 +98,22 @@ def test_a_nan_loss_names_its_step_and_keeps_the_finished_runs(name, cifar_dir, 
     log = read_log(log_dir_of(proc.stdout))
     assert log['status'] == 'diverged' and 'step 13 of 30' in log['message']
     assert [r['run'] for r in log['runs']] == [1] and log['runs'][0]['steps'] == 30
+
+
+def fast_hyp(m):
+    """m.hyp with FAST's overrides, as the command line would set them."""
+    pairs = [FAST[m.__name__][i + 1] for i in range(0, len(FAST[m.__name__]), 2)]
+    return m.apply_overrides(m.hyp, pairs)[0]
+
+
+@pytest.mark.parametrize('name', SCRIPTS)
+def test_each_train_stops_at_the_step_whose_loss_is_not_finite(name, data, monkeypatch):
+    """Each script's own train() (the harness above turns what it raises into the exit): the NaN of
+    the 13th summed loss stops it, naming step 13 of 30."""
+    m = load_script(name)
+    namespace = {}
+    exec(INJECT_NAN.replace('{k}', '13').replace('F.cross_entropy = _cross_entropy', ''), namespace)
+    monkeypatch.setattr(torch.nn.functional, 'cross_entropy', namespace['_cross_entropy'])
+    with pytest.raises(m.TrainingDiverged, match='NaN or infinite at step 13 of 30'):
+        train_on(m, fast_hyp(m), m.Device('cpu'), data, seed=0)
+    assert namespace['_calls'][0] == 20  # checked once per epoch (a check per step would sync): stops after it
