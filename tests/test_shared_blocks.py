@@ -1,6 +1,7 @@
 """The blocks the scripts share are the same text everywhere (tools/shared_blocks.py), and the
 checker reports every way the markers and the lists can go wrong."""
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -190,3 +191,15 @@ def test_airbench94_keeps_the_skeletons_budget():
     first = next(i for i, line in enumerate(lines[setup_end:], setup_end + 1) if line.startswith(('def ', 'class ')))
     assert first <= 150, first
     assert sizes["harness"] <= 438, sizes
+
+
+def test_nothing_in_the_repository_points_outside_it():
+    """A clone has only the repository: no tracked file but a log names the workplace's folder beside it."""
+    listed = subprocess.run(['git', 'ls-files'], capture_output=True, text=True, cwd=REPO)
+    if listed.returncode != 0:
+        pytest.skip('not a git checkout')
+    files = [REPO / name for name in listed.stdout.splitlines() if not name.startswith(('logs/', 'scratch/'))]
+    marker = '../' + 'shared'  # split, so that this file does not name it
+    named = [str(f.relative_to(REPO)) for f in files
+             if f.is_file() and f.suffix in ('.py', '.md', '.toml', '.sh', '.txt', '') and marker in f.read_text(errors='replace')]
+    assert named == [], f'these files name {marker}, which a clone does not have: {named}'
