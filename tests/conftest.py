@@ -112,3 +112,17 @@ def random_split(n, seed=0):
 
 def no_traceback(proc):
     assert 'Traceback' not in proc.stderr and 'Traceback' not in proc.stdout, proc.stderr
+
+
+def pid_of_rank(tag, rank):
+    """The pid of the torchrun worker of this rank among the processes started with AIRBENCH_TEST_TAG=tag
+    (the runs are logged without pids: they are found through /proc)."""
+    for entry in Path('/proc').iterdir():
+        if entry.name.isdigit():
+            try:
+                env = (entry / 'environ').read_bytes().split(b'\0')
+            except OSError:
+                continue
+            if f'AIRBENCH_TEST_TAG={tag}'.encode() in env and f'RANK={rank}'.encode() in env:
+                return int(entry.name)
+    return None

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TINY, log_dir_of, no_traceback, read_log
+from conftest import REPO, TINY, log_dir_of, no_traceback, pid_of_rank, read_log
 
 SCRIPT = REPO / 'airbench94.py'
 
@@ -147,20 +147,6 @@ def test_a_full_data_disk_falls_back_to_reading_the_pickles(ab94, official_dir, 
     assert 'Pytorch' not in out  # the note is ours, not torch's internal words
     assert sorted(os.listdir(data)) == ['cifar-10-batches-py']  # no half-written cache, no temp file
     monkeypatch.setattr(torch, 'save', real_save)
-
-
-def pid_of_rank(tag, rank):
-    """The pid of the torchrun worker of this rank among the processes started with AIRBENCH_TEST_TAG=tag
-    (the runs are logged without pids: they are found through /proc)."""
-    for entry in Path('/proc').iterdir():
-        if entry.name.isdigit():
-            try:
-                env = (entry / 'environ').read_bytes().split(b'\0')
-            except OSError:
-                continue
-            if f'AIRBENCH_TEST_TAG={tag}'.encode() in env and f'RANK={rank}'.encode() in env:
-                return int(entry.name)
-    return None
 
 
 @pytest.mark.skipif(not os.path.isdir('/proc'), reason='finds the processes through /proc')

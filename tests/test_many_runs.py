@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import synthetic
-from conftest import REPO, TINY, log_dir_of, no_traceback, read_log, run_script
+from conftest import REPO, TINY, log_dir_of, no_traceback, pid_of_rank, read_log, run_script
 
 sys.path.insert(0, str(REPO / 'tools'))
 import summarize_logs  # noqa: E402
@@ -125,20 +125,6 @@ def test_welch_and_t_tail_against_scipy(stats):
     assert w['difference'] == pytest.approx(sum(a) / 5 - sum(b) / 4)
     for t, df in ((2.5, 3.7), (-1.2, 17.3), (0.3, 1.0), (4.0, 250.0)):
         assert summary_stats.t_sf(t, df) == pytest.approx(stats.t.sf(t, df), rel=1e-7)
-
-
-def pid_of_rank(tag, rank):
-    """The pid of the torchrun worker of this rank among the processes started with AIRBENCH_TEST_TAG=tag
-    (the logs hold no pids: the processes are found through /proc)."""
-    for entry in Path('/proc').iterdir():
-        if entry.name.isdigit():
-            try:
-                env = (entry / 'environ').read_bytes().split(b'\0')
-            except OSError:
-                continue
-            if f'AIRBENCH_TEST_TAG={tag}'.encode() in env and f'RANK={rank}'.encode() in env:
-                return int(entry.name)
-    return None
 
 
 def runs_of(path):
