@@ -60,6 +60,12 @@ def log_dir_of(stdout):
     raise AssertionError('no "log: DIR" line in the output:\n' + stdout)
 
 
+def fingerprint(run):
+    """What two runs of one seed must share exactly: seed, steps, accuracies, every epoch's numbers."""
+    return {'seed': run['seed'], 'steps': run['steps'], 'tta_val_acc': run['tta_val_acc'], 'val_acc': run['val_acc'],
+            'epochs': [(e['train_loss'], e['train_acc'], e['val_acc']) for e in run['epochs']]}
+
+
 def read_log(folder):
     with open(Path(folder) / 'log.json') as f:
         return json.load(f)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY, load_script, log_dir_of, no_traceback, read_log, run_script
+from conftest import TINY, fingerprint, load_script, log_dir_of, no_traceback, read_log, run_script
 
 
 # ---------------------------------------------------------------- end to end
@@ -37,7 +37,7 @@ def test_default_run_counts(name, runs, monkeypatch):
 # ---------------------------------------------------------------- airbench94_compiled
 
 
-def test_compiled_matches_airbench94_and_compiles_only_in_the_warmup(cifar_dir, tmp_path):
+def test_compiled_matches_airbench94_compiles_only_in_the_warmup_and_run_k_is_independent(cifar_dir, tmp_path):
     """Same seed, same CPU: the compiled script trains airbench94's run.
 
     Compiled kernels round differently under bf16 autocast (fused ops keep fp32 where eager rounds
@@ -47,13 +47,15 @@ def test_compiled_matches_airbench94_and_compiles_only_in_the_warmup(cifar_dir, 
     accuracies differed by 2-3 of the 500 test images (0.4-0.6%): tolerance 1.5%, which leaves room
     for other CPUs' kernels; the loss check above is what tells a wrong init or order apart."""
     # the whitening bias freezes after epoch 1 of 3, so both scripts' frozen-bias paths are compared too
-    # (a freeze leaking from run 1 into run 2 is too small for these tolerances: test_runs.py's
-    # run-independence test and the reinit test below are what catch that)
-    args = ['--data-dir', cifar_dir, '--log-dir', str(tmp_path), '--runs', '2', '--seed', '3', *TINY,
-            '--set', 'opt.whiten_bias_epochs=1']
-    eager = run_script('airbench94', *args, '--no-warmup')
-    compiled = run_script('airbench94_compiled', *args, timeout=900)
-    for proc in (eager, compiled):
+    # (a freeze leaking from run 1 into run 2 is too small for these tolerances: the exact comparison
+    # with a run alone, below, and the reinit test after this one are what catch that)
+    args = ['--data-dir', cifar_dir, '--log-dir', str(tmp_path), *TINY, '--set', 'opt.whiten_bias_epochs=1']
+    eager = run_script('airbench94', *args, '--runs', '2', '--seed', '3', '--no-warmup')
+    compiled = run_script('airbench94_compiled', *args, '--runs', '2', '--seed', '3', timeout=900)
+    # run 2 (seed 5, after the warmup and run 1 on the same compiled net) is run 1 of seed 4 alone:
+    # the compiled net is reinitialised for every run and keeps nothing of the runs before it
+    alone = run_script('airbench94_compiled', *args, '--runs', '1', '--seed', '4', '--no-warmup', timeout=900)
+    for proc in (eager, compiled, alone):
         no_traceback(proc)
         assert proc.returncode == 0, proc.stderr
     eager_runs = read_log(log_dir_of(eager.stdout))['runs']
@@ -62,6 +64,9 @@ def test_compiled_matches_airbench94_and_compiles_only_in_the_warmup(cifar_dir, 
         assert e['seed'] == c['seed'] and e['steps'] == c['steps']
         assert c['epochs'][0]['train_loss'] == pytest.approx(e['epochs'][0]['train_loss'], rel=0.005)
         assert abs(e['tta_val_acc'] - c['tta_val_acc']) <= 0.015, (e['tta_val_acc'], c['tta_val_acc'])
+    assert [r['seed'] for r in compiled_runs] == [4, 5]
+    assert fingerprint(compiled_runs[1]) == fingerprint(read_log(log_dir_of(alone.stdout))['runs'][0])
+    assert fingerprint(compiled_runs[0])['epochs'] != fingerprint(compiled_runs[1])['epochs']
     graphs = [r['graphs_compiled'] for r in compiled_runs]
     assert graphs[0] >= 2 and graphs[0] == graphs[1]  # the warmup compiled everything; nothing since
 
