@@ -3,7 +3,7 @@ sampling with replacement (the textbook SGD: every epoch's 48 batches drawn i.i.
 order), each with alternating and with random flip. Mean TTA accuracy per cell.
 
     python experiments/table1.py --preset smoke --data-dir DIR      # seconds: the plumbing only
-    python experiments/table1.py --preset cpu --data-dir DIR        # about 9 CPU-hours (docs/experiments.md)
+    python experiments/table1.py --preset cpu --data-dir DIR        # about 5.5 CPU-hours (docs/experiments.md)
     torchrun --nproc_per_node 8 experiments/table1.py --preset paper --data-dir DIR
     python experiments/table1.py --preset cpu --analyze             # the table, from what finished
 
