@@ -727,11 +727,11 @@ def check_split(split, where, fix):
     labels and class names are CIFAR-10's kind; else a UserError naming what is wrong."""
     get = split.get if isinstance(split, dict) else {}.get
     images, labels, classes = get('images'), get('labels'), get('classes')
-    ok = [type(t) is torch.Tensor and (t.device.type, t.layout) == ('cpu', torch.strided) for t in (images, labels)]
-    if not (ok[0] and images.dtype == torch.uint8 and images.shape[1:] == (32, 32, 3)
+    dense = lambda t: type(t) is torch.Tensor and t.is_cpu and t.layout == torch.strided
+    if not (dense(images) and images.dtype == torch.uint8 and images.shape[1:] == (32, 32, 3)
             and 0 < len(images) <= 50000):
         wrong = 'images: not 1 to 50,000 uint8 images (N, 32, 32, 3)'
-    elif not (ok[1] and labels.dtype == torch.int64 and labels.shape == (len(images),)
+    elif not (dense(labels) and labels.dtype == torch.int64 and labels.shape == (len(images),)
               and 0 <= labels.min() and labels.max() < NUM_CLASSES):
         wrong = 'labels: not N int64 labels in 0..9'
     elif not (isinstance(classes, list) and len(classes) == NUM_CLASSES):
